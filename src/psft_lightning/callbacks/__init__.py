@@ -1,0 +1,5 @@
+"""Callbacks that own training-time state beside the module."""
+
+from psft_lightning.callbacks.old_policy import OldPolicy
+
+__all__ = ["OldPolicy"]

@@ -1,0 +1,34 @@
+"""Objective plugins: ``ce``, ``kl``, ``psft``, ``psft_warmup`` and the registry for your own."""
+
+from psft_lightning.objectives.base import (
+    ENTRY_POINT_GROUP,
+    Objective,
+    ObjectiveInputs,
+    ObjectiveOutput,
+    available_objectives,
+    build_objective,
+    nll_loss,
+    objective_class,
+    register_objective,
+)
+from psft_lightning.objectives.ce import CE
+from psft_lightning.objectives.kl import KL
+from psft_lightning.objectives.psft import PSFT, psft_loss
+from psft_lightning.objectives.psft_warmup import PSFTWarmup
+
+__all__ = [
+    "CE",
+    "ENTRY_POINT_GROUP",
+    "KL",
+    "PSFT",
+    "Objective",
+    "ObjectiveInputs",
+    "ObjectiveOutput",
+    "PSFTWarmup",
+    "available_objectives",
+    "build_objective",
+    "nll_loss",
+    "objective_class",
+    "psft_loss",
+    "register_objective",
+]

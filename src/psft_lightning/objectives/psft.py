@@ -1,0 +1,100 @@
+"""Proximal SFT (arXiv 2508.17784): PPO's clipped surrogate with advantage 1 against a frozen old policy."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from psft_lightning.errors import ConfigError
+from psft_lightning.objectives.base import (
+    Objective,
+    ObjectiveInputs,
+    ObjectiveOutput,
+    masked_contribution,
+    nll_loss,
+    normaliser,
+    register_objective,
+)
+
+LOG_RATIO_CLAMP = 20.0
+
+
+def psft_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    num_tokens: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PSFT loss and its diagnostics, for tensors of any shape (``[batch, seq]`` or flat tokens).
+
+    r_t = exp(log pi - log pi_old) in fp32 (log-ratio clamped to +-20, as verl does);
+    loss = -sum_t min(r_t, clip(r_t, 1 - clip_low, 1 + clip_high)) * mask_t / num_tokens.
+    With advantage 1 only the upper clip removes gradient: tokens with r_t > 1 + clip_high stop
+    learning. ``num_tokens`` defaults to ``mask.sum()`` (token-mean); the module passes the loss-token
+    count of the whole optimizer step so accumulation and data parallelism keep the exact token-mean.
+    """
+    if logprobs.shape != old_logprobs.shape or logprobs.shape != mask.shape:
+        raise ValueError(
+            f"psft_loss needs logprobs, old_logprobs and mask of one shape, got "
+            f"{tuple(logprobs.shape)}, {tuple(old_logprobs.shape)}, {tuple(mask.shape)}"
+        )
+    denom = normaliser(mask, num_tokens)
+    mask = mask.bool()
+    log_ratio = (logprobs.float() - old_logprobs.detach().float()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    surrogate = torch.minimum(ratio, clipped)
+    loss = masked_contribution(-surrogate, mask, denom)
+    with torch.no_grad():
+        ratio_d = ratio.detach()
+        metrics = {
+            "psft/clip_frac_high": masked_contribution(ratio_d > 1.0 + clip_high, mask, denom),
+            "psft/clip_frac_low": masked_contribution(ratio_d < 1.0 - clip_low, mask, denom),
+            "psft/ratio_mean": masked_contribution(ratio_d, mask, denom),
+            "psft/ratio_max": ratio_d.masked_fill(~mask, 0.0).max() if mask.any() else ratio_d.new_ones(()),
+            "psft/approx_kl": masked_contribution(-log_ratio.detach(), mask, denom),
+        }
+    return loss, metrics
+
+
+def check_clip(clip_low: float, clip_high: float) -> None:
+    if not 0.0 <= clip_low < 1.0:
+        raise ConfigError(f"clip_low must be in [0, 1), got {clip_low}")
+    if clip_high < 0.0:
+        raise ConfigError(f"clip_high must be >= 0, got {clip_high}")
+
+
+@register_objective("psft")
+class PSFT(Objective):
+    """Clipped surrogate against the OldPolicy callback's snapshot (refreshed every N steps)."""
+
+    def __init__(self, clip_low: float = 0.2, clip_high: float = 0.28) -> None:
+        check_clip(clip_low, clip_high)
+        self.clip_low = clip_low
+        self.clip_high = clip_high
+
+    @property
+    def uses_old_policy(self) -> bool:
+        return True
+
+    def needs_old_logprobs(self, step: int) -> bool:
+        return True
+
+    def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
+        if inputs.old_logprobs is None:
+            raise ValueError(
+                "PSFT needs old-policy log-probs but none were given: train through PSFTModule, whose "
+                "OldPolicy callback provides them (or pass old_logprobs yourself)."
+            )
+        loss, metrics = psft_loss(
+            inputs.logprobs,
+            inputs.old_logprobs,
+            inputs.mask,
+            self.clip_low,
+            self.clip_high,
+            inputs.num_tokens,
+        )
+        _, nll = nll_loss(inputs.logprobs.detach(), inputs.mask, inputs.num_tokens)
+        return ObjectiveOutput(loss, {**metrics, **nll})

@@ -1,0 +1,133 @@
+"""Per-token statistics of an LM head, computed in chunks of tokens.
+
+Only loss positions are passed in (the caller drops -100 positions before the head), and the
+``[tokens, vocab]`` logits exist one chunk at a time, in fp32, in forward and again in backward
+(recomputation instead of storage). The naive version is kept as the reference for tests and
+benchmarks, and as the fallback for heads this kernel does not cover (bias, logit soft-capping).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class TokenStats:
+    """Flat per-token tensors over the loss positions, fp32."""
+
+    logprobs: Tensor  # log pi(target), differentiable
+    entropy: Tensor  # entropy of pi over the vocabulary, detached
+    correct: Tensor  # argmax == target, bool
+    ref_kl: Tensor | None = None  # KL(pi || pi_ref) over the vocabulary, differentiable
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """Logits of one chunk in the compute dtype, upcast to at least fp32 for the softmax."""
+    z = hidden.to(dtype) @ weight.to(dtype).t()
+    return z.to(torch.promote_types(z.dtype, torch.float32))
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+class _ChunkedHeadStats(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ref_hidden, ref_weight, chunk_size):
+        dtype = hidden.dtype
+        if torch.is_autocast_enabled(hidden.device.type):
+            dtype = torch.get_autocast_dtype(hidden.device.type)
+        n = hidden.shape[0]
+        logprobs = hidden.new_empty(n, dtype=torch.promote_types(dtype, torch.float32))
+        entropy = torch.empty_like(logprobs)
+        correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
+        with_ref = ref_hidden is not None
+        ref_kl = torch.zeros_like(logprobs)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for sl in _chunks(n, chunk_size):
+                z = _chunk_logits(hidden[sl], weight, dtype)
+                logp = torch.log_softmax(z, dim=-1)
+                p = logp.exp()
+                logprobs[sl] = logp.gather(1, targets[sl, None]).squeeze(1)
+                entropy[sl] = -(p * logp).sum(-1)
+                correct[sl] = z.argmax(-1) == targets[sl]
+                if with_ref:
+                    logq = torch.log_softmax(_chunk_logits(ref_hidden[sl], ref_weight, dtype), dim=-1)
+                    ref_kl[sl] = (p * (logp - logq)).sum(-1)
+        ctx.save_for_backward(hidden, weight, targets, ref_hidden, ref_weight, ref_kl)
+        ctx.chunk_size = chunk_size
+        ctx.dtype = dtype
+        ctx.with_ref = with_ref
+        ctx.mark_non_differentiable(entropy, correct)
+        return logprobs, entropy, correct, ref_kl
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, _grad_entropy, _grad_correct, grad_ref_kl):
+        hidden, weight, targets, ref_hidden, ref_weight, ref_kl = ctx.saved_tensors
+        dtype = ctx.dtype
+        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        acc_dtype = torch.promote_types(dtype, torch.float32)
+        grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
+        use_kl = ctx.with_ref and grad_ref_kl is not None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for sl in _chunks(hidden.shape[0], ctx.chunk_size):
+                z = _chunk_logits(hidden[sl], weight, dtype)
+                logp = torch.log_softmax(z, dim=-1)
+                p = logp.exp()
+                grad_z = torch.zeros_like(z)
+                if grad_logprobs is not None:
+                    g = grad_logprobs[sl, None].to(acc_dtype)
+                    grad_z -= g * p
+                    grad_z.scatter_add_(1, targets[sl, None], g)
+                if use_kl:
+                    logq = torch.log_softmax(_chunk_logits(ref_hidden[sl], ref_weight, dtype), dim=-1)
+                    grad_z += grad_ref_kl[sl, None].to(acc_dtype) * p * (logp - logq - ref_kl[sl, None])
+                grad_z = grad_z.to(dtype)
+                if grad_hidden is not None:
+                    grad_hidden[sl] = (grad_z @ weight.to(dtype)).to(hidden.dtype)
+                grad_weight += (grad_z.t() @ hidden[sl].to(dtype)).to(acc_dtype)
+        grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def chunked_token_stats(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    ref_hidden: Tensor | None = None,
+    ref_weight: Tensor | None = None,
+    chunk_size: int = 1024,
+) -> TokenStats:
+    """Stats for ``hidden [N, H]`` through the head ``weight [V, H]`` at ``targets [N]``.
+
+    With ``ref_hidden``/``ref_weight`` (no grad) it also returns the exact KL(pi || pi_ref) per token.
+    Memory is O(chunk_size * V) instead of O(N * V); log-softmax is fp32 even under bf16 autocast.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if ref_hidden is not None:
+        ref_hidden, ref_weight = ref_hidden.detach(), ref_weight.detach()
+    logprobs, entropy, correct, ref_kl = _ChunkedHeadStats.apply(
+        hidden, weight, targets, ref_hidden, ref_weight, chunk_size
+    )
+    return TokenStats(logprobs, entropy, correct, ref_kl if ref_hidden is not None else None)
+
+
+def naive_token_stats(logits: Tensor, targets: Tensor, ref_logits: Tensor | None = None) -> TokenStats:
+    """The same stats from full ``[N, V]`` logits (reference implementation, and fallback path)."""
+    acc_dtype = torch.promote_types(logits.dtype, torch.float32)
+    logp = F.log_softmax(logits.to(acc_dtype), dim=-1)
+    logprobs = logp.gather(1, targets[:, None]).squeeze(1)
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)
+        correct = logits.argmax(-1) == targets
+    ref_kl = None
+    if ref_logits is not None:
+        logq = F.log_softmax(ref_logits.detach().to(acc_dtype), dim=-1)
+        ref_kl = (logp.exp() * (logp - logq)).sum(-1)
+    return TokenStats(logprobs, entropy, correct, ref_kl)

@@ -1,0 +1,191 @@
+"""ops.chunked_token_stats against naive full-logits math: values, gradients, autocast, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from psft_lightning.ops import TokenStats, chunked_token_stats, naive_token_stats
+
+N, H, V = 10, 16, 50
+TOL = 1e-5
+
+
+def make_problem(with_ref=True):
+    hidden = torch.randn(N, H) * 0.1
+    weight = torch.randn(V, H)
+    targets = torch.randint(0, V, (N,))
+    targets[0] = (hidden[0] @ weight.t()).argmax()  # at least one correct prediction
+    ref_hidden = hidden + torch.randn(N, H) * 0.1 if with_ref else None
+    ref_weight = weight + torch.randn(V, H) * 0.1 if with_ref else None
+    # fixed per-token weights so the backward pass sees a different upstream grad for every token
+    a = torch.randn(N)
+    b = torch.rand(N) + 0.5
+    return hidden, weight, targets, ref_hidden, ref_weight, a, b
+
+
+def hand_stats(hidden, weight, targets, ref_hidden=None, ref_weight=None):
+    """Independent full-logits reference written with plain torch ops."""
+    logits = hidden @ weight.t()
+    logp = torch.log_softmax(logits, dim=-1)
+    out = {
+        "logprobs": logp[torch.arange(len(targets)), targets],
+        "entropy": -(logp.exp() * logp).sum(-1),
+        "correct": logits.argmax(-1) == targets,
+        "ref_kl": None,
+    }
+    if ref_hidden is not None:
+        logq = torch.log_softmax(ref_hidden @ ref_weight.t(), dim=-1)
+        out["ref_kl"] = (logp.exp() * (logp - logq)).sum(-1)
+    return out
+
+
+def leaf(t, requires_grad=True):
+    return t.clone().requires_grad_(requires_grad)
+
+
+def close(x, y, tol=TOL):
+    return torch.allclose(x.float(), y.float(), atol=tol, rtol=0)
+
+
+# ============================================================================================ hand check
+def test_chunked_stats_on_a_tiny_hand_example():
+    # one token, vocab 3, logits = [ln 1, ln 2, ln 5] -> p = [1/8, 2/8, 5/8]; target 1
+    hidden = torch.tensor([[1.0]], requires_grad=True)
+    weight = torch.tensor([[0.0], [math.log(2.0)], [math.log(5.0)]], requires_grad=True)
+    stats = chunked_token_stats(hidden, weight, torch.tensor([1]))
+    assert isinstance(stats, TokenStats) and stats.ref_kl is None
+    assert stats.logprobs.item() == pytest.approx(math.log(0.25), abs=1e-7)
+    p = [1 / 8, 2 / 8, 5 / 8]
+    assert stats.entropy.item() == pytest.approx(-sum(q * math.log(q) for q in p), abs=1e-7)
+    assert stats.correct.tolist() == [False]
+    stats.logprobs.sum().backward()
+    # d log p_1 / d z = onehot(1) - p; z_j = W_j * h
+    assert weight.grad.flatten().tolist() == pytest.approx([-1 / 8, 1 - 2 / 8, -5 / 8], abs=1e-7)
+    expected_h = -1 / 8 * 0.0 + (1 - 2 / 8) * math.log(2.0) - 5 / 8 * math.log(5.0)
+    assert hidden.grad.item() == pytest.approx(expected_h, abs=1e-6)
+
+
+# ====================================================================================== chunked vs naive
+@pytest.mark.parametrize("chunk_size", [1, 3, N, 4 * N])
+def test_chunked_matches_naive_values_and_gradients(chunk_size):
+    hidden, weight, targets, ref_hidden, ref_weight, a, b = make_problem()
+
+    h1, w1 = leaf(hidden), leaf(weight)
+    s1 = chunked_token_stats(h1, w1, targets, ref_hidden, ref_weight, chunk_size=chunk_size)
+    ((s1.logprobs * a).sum() + (s1.ref_kl * b).sum()).backward()
+
+    h2, w2 = leaf(hidden), leaf(weight)
+    s2 = naive_token_stats(h2 @ w2.t(), targets, ref_hidden @ ref_weight.t())
+    ((s2.logprobs * a).sum() + (s2.ref_kl * b).sum()).backward()
+
+    h3, w3 = leaf(hidden), leaf(weight)
+    s3 = hand_stats(h3, w3, targets, ref_hidden, ref_weight)
+    ((s3["logprobs"] * a).sum() + (s3["ref_kl"] * b).sum()).backward()
+
+    for s in (s1, s2):
+        assert s.logprobs.dtype == s.entropy.dtype == s.ref_kl.dtype == torch.float32
+        assert s.logprobs.shape == s.entropy.shape == s.correct.shape == s.ref_kl.shape == (N,)
+        assert close(s.logprobs, s3["logprobs"])
+        assert close(s.entropy, s3["entropy"])
+        assert close(s.ref_kl, s3["ref_kl"])
+        assert torch.equal(s.correct, s3["correct"])
+        assert not s.entropy.requires_grad and not s.correct.requires_grad
+    assert s1.correct[0].item() is True
+    assert s1.ref_kl.min().item() > 0
+    for g in (h1.grad, h2.grad):
+        assert close(g, h3.grad)
+    for g in (w1.grad, w2.grad):
+        assert close(g, w3.grad)
+    assert h3.grad.abs().max().item() > 1e-2 and w3.grad.abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4 * N])
+def test_only_logprobs_need_grad(chunk_size):
+    hidden, weight, targets, ref_hidden, ref_weight, a, _ = make_problem()
+    h3, w3 = leaf(hidden), leaf(weight)
+    (hand_stats(h3, w3, targets)["logprobs"] * a).sum().backward()
+
+    # with a reference passed but ref_kl unused, and without a reference
+    for ref in ((ref_hidden, ref_weight), (None, None)):
+        h1, w1 = leaf(hidden), leaf(weight)
+        s1 = chunked_token_stats(h1, w1, targets, *ref, chunk_size=chunk_size)
+        (s1.logprobs * a).sum().backward()
+        assert close(h1.grad, h3.grad) and close(w1.grad, w3.grad)
+
+    # frozen head: only the hidden states get a gradient
+    h1, w1 = leaf(hidden), leaf(weight, requires_grad=False)
+    (chunked_token_stats(h1, w1, targets, chunk_size=chunk_size).logprobs * a).sum().backward()
+    assert w1.grad is None and close(h1.grad, h3.grad)
+
+    # frozen hidden states: only the head gets a gradient
+    h1, w1 = leaf(hidden, requires_grad=False), leaf(weight)
+    (chunked_token_stats(h1, w1, targets, chunk_size=chunk_size).logprobs * a).sum().backward()
+    assert h1.grad is None and close(w1.grad, w3.grad)
+
+
+def test_only_ref_kl_needs_grad():
+    hidden, weight, targets, ref_hidden, ref_weight, _, b = make_problem()
+    h1, w1 = leaf(hidden), leaf(weight)
+    (chunked_token_stats(h1, w1, targets, ref_hidden, ref_weight, chunk_size=3).ref_kl * b).sum().backward()
+    h3, w3 = leaf(hidden), leaf(weight)
+    (hand_stats(h3, w3, targets, ref_hidden, ref_weight)["ref_kl"] * b).sum().backward()
+    assert close(h1.grad, h3.grad) and close(w1.grad, w3.grad)
+
+
+def test_reference_inputs_get_no_gradient():
+    hidden, weight, targets, ref_hidden, ref_weight, a, b = make_problem()
+    rh, rw = leaf(ref_hidden), leaf(ref_weight)
+    s = chunked_token_stats(leaf(hidden), leaf(weight), targets, rh, rw, chunk_size=4)
+    ((s.logprobs * a).sum() + (s.ref_kl * b).sum()).backward()
+    assert rh.grad is None and rw.grad is None
+
+
+def test_no_grad_inputs_give_plain_tensors():
+    hidden, weight, targets, *_ = make_problem(with_ref=False)
+    s = chunked_token_stats(hidden, weight, targets, chunk_size=4)
+    assert not s.logprobs.requires_grad
+    assert close(s.logprobs, hand_stats(hidden, weight, targets)["logprobs"])
+
+
+# ========================================================================================= bf16 autocast
+def test_bf16_autocast_gives_fp32_results_close_to_fp32():
+    hidden, weight, targets, ref_hidden, ref_weight, a, b = make_problem()
+    h3, w3 = leaf(hidden), leaf(weight)
+    ref = hand_stats(h3, w3, targets, ref_hidden, ref_weight)
+    ((ref["logprobs"] * a).sum() + (ref["ref_kl"] * b).sum()).backward()
+
+    h1, w1 = leaf(hidden), leaf(weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s = chunked_token_stats(h1, w1, targets, ref_hidden, ref_weight, chunk_size=3)
+        loss = (s.logprobs * a).sum() + (s.ref_kl * b).sum()
+    loss.backward()
+    for t in (s.logprobs, s.entropy, s.ref_kl):
+        assert t.dtype == torch.float32
+        assert torch.isfinite(t).all()
+    assert close(s.logprobs, ref["logprobs"], 5e-2)
+    assert close(s.entropy, ref["entropy"], 5e-2)
+    assert close(s.ref_kl, ref["ref_kl"], 5e-2)
+    assert h1.grad.dtype == w1.grad.dtype == torch.float32
+    assert close(h1.grad, h3.grad, 5e-2) and close(w1.grad, w3.grad, 5e-2)
+    # bf16 really was used: not bit-identical to the fp32 result
+    assert not torch.equal(s.logprobs, ref["logprobs"].detach())
+
+
+def test_naive_stats_upcast_bf16_logits_to_fp32():
+    hidden, weight, targets, *_ = make_problem(with_ref=False)
+    logits = (hidden @ weight.t()).to(torch.bfloat16)
+    s = naive_token_stats(logits, targets, logits)
+    assert s.logprobs.dtype == s.entropy.dtype == s.ref_kl.dtype == torch.float32
+    assert s.ref_kl.abs().max().item() == 0.0
+    assert close(s.logprobs, hand_stats(hidden, weight, targets)["logprobs"], 5e-2)
+
+
+# ================================================================================================ errors
+@pytest.mark.parametrize("chunk_size", [0, -1])
+def test_chunk_size_below_one_raises(chunk_size):
+    hidden, weight, targets, *_ = make_problem(with_ref=False)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        chunked_token_stats(hidden, weight, targets, chunk_size=chunk_size)
