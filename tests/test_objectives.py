@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import textwrap
 
 import pytest
@@ -57,19 +56,6 @@ def assert_close(actual, expected, tol=1e-6):
     expected = torch.as_tensor(expected, dtype=torch.float64)
     assert actual.shape == expected.shape
     assert torch.allclose(actual, expected, atol=tol, rtol=0), f"{actual.tolist()} != {expected.tolist()}"
-
-
-@pytest.fixture
-def clean_registry():
-    """Drop whatever a test adds to the objective registry (and its plugin modules) afterwards."""
-    before = dict(objectives_base._REGISTRY)
-    modules = set(sys.modules)
-    yield
-    objectives_base._REGISTRY.clear()
-    objectives_base._REGISTRY.update(before)
-    for name in set(sys.modules) - modules:
-        if name.startswith(("myplug", "brokenplug")):
-            del sys.modules[name]
 
 
 # ============================================================================================ psft_loss

@@ -189,3 +189,94 @@ def test_chunk_size_below_one_raises(chunk_size):
     hidden, weight, targets, *_ = make_problem(with_ref=False)
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         chunked_token_stats(hidden, weight, targets, chunk_size=chunk_size)
+
+
+# ============================================================= full objectives through PSFTModule (tiny)
+def objective_problem(objective: str):
+    """A tiny-model module, a padded batch with prompts, and (for psft) old log-probs from a nearby model."""
+    from psft_lightning.data.collate import collate
+    from psft_lightning.data.formats import IGNORE_INDEX, Example
+    from psft_lightning.module import PSFTModule, frozen
+
+    module = PSFTModule(model="tiny", objective=objective, chunk_size=7)
+    module.configure_model()
+    g = torch.Generator().manual_seed(1)
+    examples = []
+    for n, prompt in ((19, 6), (11, 4), (27, 9)):
+        ids = torch.randint(0, 256, (n,), generator=g).tolist()
+        examples.append(Example(ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
+    batch = collate(examples, pad_id=258)
+    nearby = frozen(module.policy)
+    with torch.no_grad():
+        for p in nearby.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    if module.reference is not None:
+        module.reference = nearby  # a reference that really differs from the policy
+    return module, batch, nearby
+
+
+def naive_objective_inputs(module, batch, old_model):
+    """The same per-token inputs from the full [tokens, vocab] logits, written with plain torch."""
+    from psft_lightning.objectives import ObjectiveInputs
+
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    logp = torch.log_softmax(module.policy(**inputs, use_cache=False).logits[:, :-1][mask].float(), -1)
+    logprobs = logp.gather(1, targets[mask][:, None]).squeeze(1)
+    with torch.no_grad():
+        other = torch.log_softmax(old_model(**inputs, use_cache=False).logits[:, :-1][mask].float(), -1)
+    ref_kl = (logp.exp() * (logp - other)).sum(-1)
+    old = other.gather(1, targets[mask][:, None]).squeeze(1)
+    n = float(mask.sum())
+    return ObjectiveInputs(
+        logprobs, torch.ones_like(logprobs, dtype=torch.bool), num_tokens=n, old_logprobs=old, ref_kl=ref_kl
+    )
+
+
+@pytest.mark.parametrize("objective", ["ce", "kl", "psft"])
+def test_objective_through_module_matches_naive_full_logits(objective):
+    from psft_lightning.objectives import ObjectiveInputs
+
+    module, batch, nearby = objective_problem(objective)
+    naive_in = naive_objective_inputs(module, batch, nearby)
+    naive = module.objective(naive_in)
+    naive.loss.backward()
+    naive_grads = [p.grad.clone() for p in module.policy.parameters()]
+    module.policy.zero_grad()
+
+    stats = module.token_stats(module.policy, batch, module.reference)
+    old = module.token_logprobs(nearby, batch) if objective == "psft" else None
+    ours = module.objective(
+        ObjectiveInputs(
+            stats.logprobs,
+            torch.ones_like(stats.logprobs, dtype=torch.bool),
+            num_tokens=naive_in.num_tokens,
+            old_logprobs=old,
+            ref_kl=stats.ref_kl,
+        )
+    )
+    ours.loss.backward()
+
+    assert stats.logprobs.numel() == 57 - 19  # loss tokens: (19-6) + (11-4) + (27-9)
+    assert close(stats.logprobs, naive_in.logprobs)
+    assert ours.loss.item() == pytest.approx(naive.loss.item(), abs=TOL)
+    for name in ours.metrics:
+        assert ours.metrics[name].item() == pytest.approx(naive.metrics[name].item(), abs=TOL), name
+    if objective == "kl":
+        assert close(stats.ref_kl, naive_in.ref_kl) and naive_in.ref_kl.min().item() > 1e-4
+    if objective == "psft":
+        assert close(old, naive_in.old_logprobs)
+        assert naive.metrics["psft/clip_frac_high"].item() + naive.metrics["psft/clip_frac_low"].item() > 0
+    for (name, p), want in zip(module.policy.named_parameters(), naive_grads, strict=True):
+        assert close(p.grad, want), name
+    assert max(g.abs().max().item() for g in naive_grads) > 1e-3
+
+
+def test_auto_chunk_size_keeps_a_chunk_near_128_mib_and_matches_naive():
+    from psft_lightning.ops import auto_chunk_size
+
+    assert auto_chunk_size(152064) == 220 and auto_chunk_size(49152) == 682 and auto_chunk_size(10**8) == 16
+    hidden, weight, targets, *_ = make_problem(with_ref=False)
+    auto = chunked_token_stats(hidden, weight, targets)  # chunk_size None: auto (one chunk here)
+    assert close(auto.logprobs, hand_stats(hidden, weight, targets)["logprobs"])

@@ -3,6 +3,7 @@ random model built from a config (no download; for tests and quick tries)."""
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import logging
 import os
@@ -65,7 +66,21 @@ def _pretrained_kwargs(name: str) -> tuple[str, dict]:
         if not os.path.isfile(name):
             raise ConfigError(f"GGUF file {name!r} does not exist")
         return os.path.dirname(os.path.abspath(name)), {"gguf_file": os.path.basename(name)}
+    if not os.path.isdir(name) and not _is_hub_id(name):
+        # fail now: transformers would take it for a hub id and retry the network for a minute
+        known = [TINY, *EMBEDDED_MODELS]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"Unknown model {name!r}: no such local directory, and not a built-in name "
+            f"({', '.join(known)}), a .gguf file or a Hugging Face hub id (org/name).{hint}"
+        )
     return name, {}
+
+
+def _is_hub_id(name: str) -> bool:
+    """``org/name`` and nothing that can only be a path (absolute, ``./``, ``~``, deeper nesting)."""
+    return name.count("/") == 1 and not name.startswith(("/", ".", "~")) and "\\" not in name
 
 
 @lru_cache(maxsize=8)
@@ -78,7 +93,7 @@ def load_tokenizer(name: str):
     location, kwargs = _pretrained_kwargs(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a directory without tokenizer files
         raise ConfigError(
             f"Cannot load a tokenizer for model {name!r}: {err}. Use 'smollm2-135m-instruct' (embedded), "
             f"'{TINY}', a local Hugging Face directory, a .gguf file, or a hub id on a machine with access."
@@ -100,13 +115,14 @@ def load_model(name: str, tiny_config: dict | None = None, dtype: torch.dtype | 
     location, kwargs = _pretrained_kwargs(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a directory whose config.json is no model's
         raise ConfigError(f"Cannot load model {name!r}: {err}") from err
     return model
 
 
 def tiny_model(overrides: dict | None = None, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A randomly initialised Llama of a few layers, seeded, over the byte-level tiny tokenizer."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import LlamaConfig, LlamaForCausalLM
 
     settings = {**TINY_DEFAULTS, **(overrides or {})}
@@ -120,7 +136,7 @@ def tiny_model(overrides: dict | None = None, dtype: torch.dtype = torch.float32
             pad_token_id=tokenizer.pad_token_id,
             **settings,
         )
-    except TypeError as err:
+    except (TypeError, ValueError, StrictDataclassError) as err:
         raise ConfigError(f"Bad tiny_config {overrides}: {err}") from err
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -167,3 +183,31 @@ def uses_plain_head(model: nn.Module) -> bool:
     softcap = getattr(config, "final_logit_softcapping", None)
     scale = getattr(config, "logit_scale", None)
     return getattr(head, "bias", None) is None and not softcap and scale in (None, 1, 1.0)
+
+
+PACKING_ATTENTION = ("eager", "sdpa", "flex_attention")
+
+
+def check_packed_attention(model: nn.Module) -> None:
+    """Refuse an attention implementation that would let packed examples attend to each other.
+
+    transformers (5.x) builds a per-example causal mask from ``position_ids`` when the attention
+    mask is None and no cache is used; eager, sdpa and flex_attention honour it (tested on CPU).
+    The flash-attention kernels find packed examples from ``position_ids`` only when the batch has a
+    single row, and packing makes several rows, so they would attend across examples.
+    """
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+    if impl in PACKING_ATTENTION:
+        return
+    why = (
+        "it finds packed examples from position_ids only in a batch of one row, and packed batches have "
+        "several rows"
+        if impl.startswith("flash")
+        else "it does not build per-example masks from position_ids"
+    )
+    raise ConfigError(
+        f"data.packing is on but the model's attention implementation {impl!r} would let packed examples "
+        f"attend to each other ({why}). Set model.attn_implementation to one of "
+        f"{', '.join(PACKING_ATTENTION)}, or set data.packing: false (data.bucketing: true is the "
+        "padding-saving alternative)."
+    )

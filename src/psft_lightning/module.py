@@ -12,12 +12,30 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from psft_lightning.checkpointing import RNG_KEY, check_resumable, rng_states, set_rng_states
 from psft_lightning.data.formats import IGNORE_INDEX
 from psft_lightning.errors import ConfigError, DataError
-from psft_lightning.models import backbone_and_head, load_model, uses_plain_head
+from psft_lightning.lora import (
+    AdapterSnapshot,
+    LoraSettings,
+    adapters_disabled,
+    apply_lora,
+    lora_settings,
+    settings_dict,
+)
+from psft_lightning.models import backbone_and_head, check_packed_attention, load_model, uses_plain_head
 from psft_lightning.objectives import Objective, ObjectiveInputs, build_objective
 from psft_lightning.ops import TokenStats, chunked_token_stats, naive_token_stats
 from psft_lightning.schedule import Schedule, lr_factor
+from psft_lightning.sharding import (
+    FsdpDtype,
+    Sharder,
+    copy_local_shards,
+    is_sharded,
+    root_hidden_states,
+    sharded_twin,
+    skeleton,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +60,16 @@ class PSFTModule(L.LightningModule):
         lr, weight_decay, betas, eps: AdamW settings (no decay on norms and biases).
         warmup_steps, schedule, min_lr_ratio: linear warm-up, then cosine/linear decay or constant.
         gradient_checkpointing: recompute decoder layers in backward to save activation memory.
-        chunk_size: tokens per chunk of the LM-head math (memory O(chunk_size x vocab)).
+        chunk_size: tokens per chunk of the LM-head math (memory O(chunk_size x vocab)); None sizes
+            chunks to about 128 MiB of fp32 logits each (``ops.auto_chunk_size``).
         tiny_config: overrides of the tiny model's config (``model: tiny`` only).
+        attn_implementation: transformers attention (``sdpa``, ``eager``, ``flex_attention``,
+            ``flash_attention_2``...); None keeps the model's default.
+        fsdp_param_dtype, fsdp_reduce_dtype: FSDP2 mixed precision under ModelParallelStrategy /
+            FSDP2Strategy: the dtype layers compute in (sharded master weights stay as loaded) and
+            the dtype gradients are reduce-scattered in. ``bf16`` / ``fp32`` is the usual pair.
+        lora: train LoRA adapters (peft) instead of all weights. The KL reference is then the base
+            model with the adapters switched off (no copy) and the old policy a copy of the adapters.
     """
 
     def __init__(
@@ -58,41 +84,119 @@ class PSFTModule(L.LightningModule):
         schedule: Schedule = "cosine",
         min_lr_ratio: float = 0.1,
         gradient_checkpointing: bool = False,
-        chunk_size: int = 1024,
+        chunk_size: int | None = None,
         tiny_config: dict | None = None,
+        attn_implementation: str | None = None,
+        fsdp_param_dtype: FsdpDtype = "fp32",
+        fsdp_reduce_dtype: FsdpDtype = "fp32",
+        lora: LoraSettings | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ConfigError(f"model.lr must be > 0, got {lr}")
-        if chunk_size < 1:
+        if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"model.chunk_size must be >= 1, got {chunk_size}")
+        for name, value in (("fsdp_param_dtype", fsdp_param_dtype), ("fsdp_reduce_dtype", fsdp_reduce_dtype)):
+            if value not in ("bf16", "fp32"):
+                raise ConfigError(f"model.{name} must be bf16 or fp32, got {value!r}")
         self.objective = build_objective(objective)
         self.save_hyperparameters(ignore=["objective"])
         self.hparams["objective_name"] = type(self.objective).name or type(self.objective).__qualname__
+        self.lora = lora_settings(lora)
+        self.hparams["lora"] = settings_dict(self.lora)  # plain types: checkpoints load weights_only
         self.model_name = model
         self.tiny_config = tiny_config
         self.chunk_size = chunk_size
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None
+        self.old_policy: nn.Module | None = None
         self._step_sums: dict[str, Tensor] = {}
         self._step_maxes: dict[str, Tensor] = {}
         self._val_sums: Tensor | None = None
         self._last_step_end: float | None = None
+        self._restored_rng: dict | None = None
         self._register_state_dict_hook(_drop_reference)
         self.register_load_state_dict_pre_hook(_keep_reference)
 
     # ----------------------------------------------------------------------------------- model
     def configure_model(self) -> None:
-        """Load the policy (and the reference, from the same initial weights) once."""
+        """Load the policy and its frozen twins (KL reference, old-policy snapshot) from the same
+        initial weights, once; under ModelParallelStrategy all of them are sharded with FSDP2.
+
+        Other strategies (DDP, Lightning's FSDPStrategy) wrap the module themselves after this hook,
+        the twins included, so nothing is sharded here and nothing is wrapped twice.
+        """
         if self.policy is not None:
             return
+        self._check_strategy()
         self.policy = load_model(self.model_name, self.tiny_config)
         self.policy.config.use_cache = False
+        if self.hparams.attn_implementation:
+            try:
+                self.policy.set_attn_implementation(self.hparams.attn_implementation)
+            except (ValueError, ImportError) as err:
+                raise ConfigError(f"model.attn_implementation: {err}") from err
         if self.hparams.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy.train()
-        if self.objective.needs_reference:
-            self.reference = frozen(self.policy)
+        if self.lora is not None:
+            self.policy = apply_lora(self.policy, self.lora).base_model.model
+        needs_reference = self.objective.needs_reference and self.lora is None  # LoRA: adapters off
+        sharder = self._sharder()
+        if sharder is None:
+            if needs_reference:
+                self.reference = frozen(self.policy)
+            return
+        template = skeleton(self.policy)
+        sharder(self.policy)
+        if needs_reference:
+            self.reference = sharded_twin(template, self.policy, sharder)
+        if self._needs_snapshot():
+            self.old_policy = sharded_twin(template, self.policy, sharder)
+
+    def _check_strategy(self) -> None:
+        """Lightning's FSDPStrategy (FSDP1) shards parameters outside its wrapped training step, where
+        the OldPolicy callback runs pi_old: PSFT needs FSDP2, whose sharded twins run anywhere."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if (
+            self.objective.uses_old_policy
+            and self._trainer
+            and isinstance(self.trainer.strategy, FSDPStrategy)
+        ):
+            raise ConfigError(
+                f"objective {self.hparams.objective_name!r} needs an old policy, which Lightning's "
+                "FSDPStrategy cannot run outside the training step; use strategy "
+                "psft_lightning.strategies.FSDP2Strategy (FSDPStrategy works for ce and kl)."
+            )
+
+    def _sharder(self) -> Sharder | None:
+        """FSDP2 over the data-parallel mesh that ModelParallelStrategy hands over, or None."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return None
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+            raise ConfigError(
+                "PSFTModule shards with FSDP only, but the strategy set up tensor parallelism of size "
+                f"{mesh['tensor_parallel'].size()}. Use strategy psft_lightning.strategies.FSDP2Strategy, or "
+                "ModelParallelStrategy with tensor_parallel_size: 1 and data_parallel_size: <world size>."
+            )
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+        return Sharder(dp_mesh, self.hparams.fsdp_param_dtype, self.hparams.fsdp_reduce_dtype)
+
+    def _needs_snapshot(self) -> bool:
+        """A weight snapshot of pi_old is kept unless the run's OldPolicy callback works without one."""
+        if not self.objective.uses_old_policy or self.lora is not None:  # LoRA: AdapterSnapshot
+            return False
+        from psft_lightning.callbacks import OldPolicy
+
+        callbacks = [c for c in self._trainer.callbacks if isinstance(c, OldPolicy)] if self._trainer else []
+        return not callbacks or any(c.mode == "snapshot" for c in callbacks)
+
+    def on_fit_start(self) -> None:
+        if getattr(self.trainer.datamodule, "packing", False):
+            check_packed_attention(self.policy)
 
     def configure_callbacks(self):
         """Add an OldPolicy callback with defaults when the objective needs one and none is configured."""
@@ -105,12 +209,27 @@ class PSFTModule(L.LightningModule):
         return []
 
     def frozen_copy(self) -> nn.Module:
-        """A frozen copy of the current policy (used by the OldPolicy callback)."""
-        return frozen(self.policy)
+        """A frozen copy of the current policy (used by the OldPolicy callback).
+
+        Under FSDP2 it is the snapshot sharded in ``configure_model``: a submodule (``old_policy``), so
+        the sharded checkpoint carries its shards with the policy's; the callback keeps none of them.
+        """
+        if self.lora is not None:
+            return AdapterSnapshot(self.policy)
+        if not is_sharded(self.policy):
+            return frozen(self.policy)
+        if self.old_policy is None:
+            raise RuntimeError("configure_model built no sharded old-policy snapshot for this objective")
+        copy_local_shards(self.old_policy, self.policy)
+        return self.old_policy
+
+    def reference_model(self) -> nn.Module | None:
+        """The frozen initial model for KL; under LoRA the policy itself, run with adapters disabled."""
+        return self.policy if self.lora is not None else self.reference
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for model in (self.reference,):
+        for model in (self.reference, self.old_policy):
             if model is not None:
                 model.eval()
         return self
@@ -125,17 +244,17 @@ class PSFTModule(L.LightningModule):
             logits = model(**inputs, use_cache=False).logits[:, :-1][mask]
             ref_logits = None
             if reference is not None:
-                with torch.no_grad():
+                with torch.no_grad(), adapters_disabled(reference):
                     ref_logits = reference(**inputs, use_cache=False).logits[:, :-1][mask]
             return naive_token_stats(logits, targets[mask], ref_logits)
-        body, head = backbone_and_head(model)
-        hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1][mask]
+        _, head = backbone_and_head(model)
+        hidden = _final_hidden(model, inputs)[:, :-1][mask]
         ref_hidden = ref_weight = None
         if reference is not None:
-            ref_body, ref_head = backbone_and_head(reference)
-            with torch.no_grad():
-                ref_hidden = ref_body(**inputs, use_cache=False).last_hidden_state[:, :-1][mask]
-            ref_weight = ref_head.weight
+            _, ref_head = backbone_and_head(reference)
+            with torch.no_grad(), adapters_disabled(reference):
+                ref_hidden = _final_hidden(reference, inputs)[:, :-1][mask]
+            ref_weight = ref_head.weight  # read after the forward: FSDP2 has gathered it by then
         return chunked_token_stats(
             hidden, head.weight, targets[mask], ref_hidden, ref_weight, self.chunk_size
         )
@@ -143,7 +262,17 @@ class PSFTModule(L.LightningModule):
     @torch.no_grad()
     def token_logprobs(self, model: nn.Module, batch: dict) -> Tensor:
         """Log-probs of the batch's loss tokens under ``model`` (e.g. the old policy), no grad."""
-        return self.token_stats(model, batch).logprobs.detach()
+        if isinstance(model, AdapterSnapshot):
+            with model.swapped_into(self.policy) as policy:
+                return self.token_stats(policy, batch).logprobs.detach()
+        logprobs = self.token_stats(model, batch).logprobs.detach()
+        if is_sharded(model):
+            model.reshard()  # free the gathered root, which a later refresh would leave stale
+        return logprobs
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if self.reference is not None and is_sharded(self.reference):
+            self.reference.reshard()  # its gathered root fed the KL until this step's backward
 
     # -------------------------------------------------------------------------------- training
     def _steps_scale(self) -> int:
@@ -155,7 +284,8 @@ class PSFTModule(L.LightningModule):
         step = self.global_step
         scale = self._steps_scale()
         objective = self.objective
-        stats = self.token_stats(self.policy, batch, self.reference if objective.needs_reference else None)
+        reference = self.reference_model() if objective.needs_reference else None
+        stats = self.token_stats(self.policy, batch, reference)
         n_local = stats.logprobs.numel()
         if n_local == 0:
             raise DataError(
@@ -192,9 +322,7 @@ class PSFTModule(L.LightningModule):
             "train/loss": out.loss.detach(),
             "train/entropy": stats.entropy.sum() / denom,
             "train/token_accuracy": stats.correct.sum() / denom,
-            "perf/step_tokens": batch["attention_mask"].sum().float()
-            if "attention_mask" in batch
-            else torch.tensor(float(batch["input_ids"].numel())),
+            "perf/step_tokens": _input_tokens(batch),
         }
         self._accumulate(metrics)
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
@@ -230,6 +358,8 @@ class PSFTModule(L.LightningModule):
             sums["perf/tokens_per_sec"] = tokens / max(now - self._last_step_end, 1e-9)
         self._last_step_end = now
         sums["train/lr"] = torch.tensor(self.lr_schedulers().get_last_lr()[0])
+        # x-axis = optimizer step (Lightning's own logging step is one ahead after some resumes)
+        sums["step"] = torch.tensor(float(self.global_step))
         for name, value in {**sums, **maxes}.items():
             self.log(
                 name,
@@ -241,6 +371,19 @@ class PSFTModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._last_step_end = time.perf_counter()
+        if self._restored_rng is not None:  # now, after the sanity check's draws, not at load time
+            set_rng_states(self._restored_rng)
+            self._restored_rng = None
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another objective or model; keep its RNG state for on_train_start."""
+        ckpt_path = self._trainer.ckpt_path if self._trainer is not None else None
+        check_resumable(checkpoint.get("hyper_parameters", {}), dict(self.hparams), ckpt_path)
+        self._restored_rng = checkpoint.get(RNG_KEY)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
@@ -279,6 +422,8 @@ class PSFTModule(L.LightningModule):
             return
         for name, value in metrics.items():
             self.log(name, value, prog_bar=name == "val/loss", sync_dist=False)
+        if self.trainer.state.fn == "fit":  # x-axis = optimizer steps taken, as for the step-0 baseline
+            self.log("step", float(self.global_step), sync_dist=False)
         log.info("step %d: %s", self.global_step, _fmt(metrics))
 
     # ------------------------------------------------------------------------------- optimizer
@@ -303,6 +448,23 @@ class PSFTModule(L.LightningModule):
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _input_tokens(batch: dict) -> Tensor:
+    """Real (non-padding) input tokens of a micro-batch, for tokens/s."""
+    if "num_input_tokens" in batch:
+        return batch["num_input_tokens"].float()
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum().float()
+    return torch.tensor(float(batch["input_ids"].numel()))
+
+
+def _final_hidden(model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
+    """Hidden states after the final norm; an FSDP2 model runs through its root so its hooks fire."""
+    if is_sharded(model):
+        return root_hidden_states(model, inputs)
+    body, _ = backbone_and_head(model)
+    return body(**inputs, use_cache=False).last_hidden_state
 
 
 def _fmt(metrics: dict[str, float]) -> str:

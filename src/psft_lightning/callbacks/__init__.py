@@ -1,5 +1,6 @@
 """Callbacks that own training-time state beside the module."""
 
+from psft_lightning.callbacks.generation_eval import GenerationEval
 from psft_lightning.callbacks.old_policy import OldPolicy
 
-__all__ = ["OldPolicy"]
+__all__ = ["GenerationEval", "OldPolicy"]

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from psft_lightning.data.collate import collate
+from psft_lightning.data.collate import collate, collate_packed
 from psft_lightning.data.formats import Example
+from psft_lightning.errors import DataError
+
+BUCKET_WINDOW_STEPS = 32
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,37 @@ class StepShape:
         return self.micro_batch_size * self.accumulate * self.world_size
 
 
-def plan_epoch(num_examples: int, shape: StepShape, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
-    """Example indices of each optimizer step of one epoch; an incomplete last step is dropped."""
+def plan_epoch(
+    num_examples: int,
+    shape: StepShape,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    lengths: list[int] | None = None,
+) -> list[list[int]]:
+    """Example indices of each optimizer step of one epoch; an incomplete last step is dropped.
+
+    With ``lengths`` (bucketing), each window of ``BUCKET_WINDOW_STEPS`` steps of the shuffled order
+    is sorted by length before it is cut into steps, and the steps are shuffled again: micro-batches
+    hold examples of similar length (little padding) while the step order stays random.
+    """
     order = list(range(num_examples))
+    rng = random.Random(seed * 1_000_003 + epoch)
     if shuffle:
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        rng.shuffle(order)
     per_step = shape.examples_per_step
-    return [order[i : i + per_step] for i in range(0, num_examples - per_step + 1, per_step)]
+    usable = num_examples - num_examples % per_step
+    if lengths is not None:
+        window = per_step * BUCKET_WINDOW_STEPS
+        order = [
+            i
+            for start in range(0, usable, window)
+            for i in sorted(order[start : min(start + window, usable)], key=lengths.__getitem__)
+        ]
+    steps = [order[i : i + per_step] for i in range(0, usable, per_step)]
+    if lengths is not None and shuffle:
+        rng.shuffle(steps)
+    return steps
 
 
 def rank_micro_batches(step: list[int], shape: StepShape, rank: int) -> list[list[int]]:
@@ -51,6 +78,9 @@ class StepBatches:
 
     ``current_step`` returns the trainer's optimizer step when iteration starts; the loader skips
     the micro-batches of the steps already taken (also across epochs), so resume is exact.
+    ``packing`` lays each micro-batch's examples end to end in rows of <= ``pack_length`` tokens
+    (the micro-batch keeps its examples, so ``step_loss_tokens`` and resume do not change);
+    ``bucketing`` puts examples of similar length in the same micro-batch (see ``plan_epoch``).
     """
 
     def __init__(
@@ -62,9 +92,12 @@ class StepBatches:
         shuffle: bool = True,
         rank: int = 0,
         current_step: Callable[[], int] = lambda: 0,
+        packing: bool = False,
+        pack_length: int | None = None,
+        bucketing: bool = False,
     ) -> None:
         if len(examples) < shape.examples_per_step:
-            raise ValueError(
+            raise DataError(
                 f"{len(examples)} training examples cannot fill one optimizer step of "
                 f"{shape.examples_per_step} (micro-batch {shape.micro_batch_size} x accumulate "
                 f"{shape.accumulate} x {shape.world_size} ranks); lower data.batch_size or add data."
@@ -76,16 +109,45 @@ class StepBatches:
         self.shuffle = shuffle
         self.rank = rank
         self.current_step = current_step
+        self.packing = packing
+        self.pack_length = pack_length or max(len(e.input_ids) for e in examples)
+        self.lengths = [len(e.input_ids) for e in examples] if bucketing else None
         self.steps_per_epoch = len(examples) // shape.examples_per_step
+        self._plans: dict[int, list[list[int]]] = {}
 
     def __len__(self) -> int:
         return self.steps_per_epoch * self.shape.accumulate
 
+    def plan(self, epoch: int) -> list[list[int]]:
+        """The optimizer steps of ``epoch`` (cached: the lookahead old policy asks for them again)."""
+        if epoch not in self._plans:
+            self._plans = {
+                epoch: plan_epoch(
+                    len(self.examples), self.shape, self.seed, epoch, self.shuffle, self.lengths
+                )
+            }
+        return self._plans[epoch]
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        examples = [self.examples[i] for i in indices]
+        if self.packing:
+            return collate_packed(examples, self.pad_id, self.pack_length)
+        return collate(examples, self.pad_id)
+
+    def step_micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        """This rank's micro-batches of optimizer step ``step`` (counted across epochs), as the loader
+        yields them; a pure function of the plan, so it can be called ahead of the loader."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        indices = self.plan(epoch)[index]
+        step_loss_tokens = torch.tensor(float(sum(self.examples[i].num_loss_tokens for i in indices)))
+        batches = []
+        for micro in rank_micro_batches(indices, self.shape, self.rank):
+            batch = self.collate(micro)
+            batch["step_loss_tokens"] = step_loss_tokens.clone()
+            batches.append(batch)
+        return batches
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, first_step = divmod(self.current_step(), self.steps_per_epoch)
-        for step in plan_epoch(len(self.examples), self.shape, self.seed, epoch, self.shuffle)[first_step:]:
-            step_loss_tokens = sum(self.examples[i].num_loss_tokens for i in step)
-            for indices in rank_micro_batches(step, self.shape, self.rank):
-                batch = collate([self.examples[i] for i in indices], self.pad_id)
-                batch["step_loss_tokens"] = torch.tensor(float(step_loss_tokens))
-                yield batch
+        for index in range(first_step, self.steps_per_epoch):
+            yield from self.step_micro_batches(epoch * self.steps_per_epoch + index)

@@ -1,6 +1,15 @@
-"""Examples -> a padded micro-batch. Padding positions carry label -100 and attention mask 0."""
+"""Examples -> a micro-batch tensor dict, padded (one example per row) or packed (several per row).
+
+Padded: right-pad to the longest example; padding carries label -100 and attention mask 0.
+Packed: examples are laid end to end in rows of at most ``pack_length`` tokens, with ``position_ids``
+restarting at 0 for each example and no attention mask, so transformers' attention (eager, sdpa,
+flex) keeps examples apart (see ``models.check_packed_attention``). Every example keeps its tokens
+and labels, so loss-token counts are exactly those of the padded batch.
+"""
 
 from __future__ import annotations
+
+import bisect
 
 import torch
 
@@ -18,4 +27,58 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": attention_mask,
+        "num_input_tokens": attention_mask.sum(),
+    }
+
+
+def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into as few bins of total <= ``capacity`` as best-fit decreasing
+    finds; deterministic (ties keep the input order). A length above ``capacity`` gets its own bin."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, bin index), sorted
+    for i in order:
+        at = bisect.bisect_left(free, (lengths[i], -1))
+        if at < len(free):
+            room, b = free.pop(at)
+            bins[b].append(i)
+            bisect.insort(free, (room - lengths[i], b))
+        else:
+            bins.append([i])
+            bisect.insort(free, (capacity - lengths[i], len(bins) - 1))
+    return bins
+
+
+def collate_packed(examples: list[Example], pad_id: int, pack_length: int) -> dict[str, torch.Tensor]:
+    """Pack the examples into as few rows of <= ``pack_length`` tokens as possible (no attention mask).
+
+    Rows are right-padded to the longest row; the padding is a segment of its own (positions from 0,
+    labels -100), so it attends only to itself. Each example's first label is -100: the last token of
+    one example never predicts the first token of the next.
+    """
+    rows = best_fit_decreasing([len(e.input_ids) for e in examples], pack_length)
+    width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    real = 0
+    for r, row in enumerate(rows):
+        at = 0
+        for i in sorted(row):
+            n = len(examples[i].input_ids)
+            input_ids[r, at : at + n] = torch.tensor(examples[i].input_ids)
+            labels[r, at + 1 : at + n] = torch.tensor(examples[i].labels[1:])
+            position_ids[r, at : at + n] = torch.arange(n)
+            at += n
+        position_ids[r, at:] = torch.arange(width - at)
+        real += at
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "position_ids": position_ids,
+        "num_input_tokens": torch.tensor(real),
+    }

@@ -77,12 +77,17 @@ class PSFTDataModule(L.LightningDataModule):
         val_batch_size: validation batch size (defaults to ``batch_size``).
         max_val_examples: cap on validation examples (first N after the seeded split), 0 for all.
         seed: shuffling and split seed.
+        packing: lay each micro-batch's examples end to end in rows of <= ``pack_length`` tokens
+            (position ids restart per example, no padding between them); needs an attention
+            implementation that keeps packed examples apart (eager, sdpa, flex_attention).
+        pack_length: tokens per packed row (defaults to ``max_length``).
+        bucketing: put examples of similar length in the same micro-batch (less padding, no packing).
     """
 
     def __init__(
         self,
-        train_files: list[str],
-        val_files: list[str] | None = None,
+        train_files: list[str] | str,
+        val_files: list[str] | str | None = None,
         tokenizer: str = "smollm2-135m-instruct",
         format: Format = "auto",
         fields: Fields | None = None,
@@ -95,6 +100,9 @@ class PSFTDataModule(L.LightningDataModule):
         max_val_examples: int = 0,
         shuffle: bool = True,
         seed: int = 0,
+        packing: bool = False,
+        pack_length: int | None = None,
+        bucketing: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(train_files, str):
@@ -113,10 +121,22 @@ class PSFTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.max_val_examples must be >= 0 (0 for all), got {max_val_examples}")
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if pack_length is not None and pack_length < max_length:
+            raise ConfigError(
+                f"data.pack_length ({pack_length}) must be >= data.max_length ({max_length}) so every "
+                "example fits in a packed row"
+            )
         self.train_files = list(train_files)
         self.val_files = list(val_files or [])
         self.tokenizer_name = tokenizer
         self.format = format
+        if isinstance(fields, dict):  # Python callers may pass the YAML form
+            unknown = sorted(set(fields) - set(Fields.__dataclass_fields__))
+            if unknown:
+                raise ConfigError(
+                    f"data.fields has unknown keys {unknown}; known: {list(Fields.__dataclass_fields__)}"
+                )
+            fields = Fields(**fields)
         self.fields = fields or Fields()
         self.use_chat_template = use_chat_template
         self.max_length = max_length
@@ -127,6 +147,9 @@ class PSFTDataModule(L.LightningDataModule):
         self.max_val_examples = max_val_examples
         self.shuffle = shuffle
         self.seed = seed
+        self.packing = packing
+        self.pack_length = pack_length or max_length
+        self.bucketing = bucketing
         self.train_examples: list[Example] | None = None
         self.val_examples: list[Example] = []
         self.skipped: dict[str, SkipReport] = {}
@@ -211,6 +234,9 @@ class PSFTDataModule(L.LightningDataModule):
             shuffle=self.shuffle,
             rank=trainer.global_rank if trainer else 0,
             current_step=(lambda: trainer.global_step) if trainer else (lambda: 0),
+            packing=self.packing,
+            pack_length=self.pack_length,
+            bucketing=self.bucketing,
         )
 
     def val_dataloader(self) -> DataLoader | list:

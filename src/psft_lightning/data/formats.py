@@ -146,8 +146,21 @@ def _chat_example(tokenizer, messages: list[dict[str, str]], where: str) -> Exam
     return example
 
 
+def render_prompt(
+    tokenizer, prompt: str, use_chat_template: bool = True, system: str | None = None
+) -> list[int]:
+    """Token ids of a prompt as training renders it, ending where the response starts (for generation)."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"]) if prompt else []
+
+
 def _plain_example(tokenizer, prompt: str, completion: str) -> Example:
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+    prompt_ids = render_prompt(tokenizer, prompt, use_chat_template=False)
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return Example(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids)
 

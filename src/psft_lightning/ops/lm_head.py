@@ -14,6 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+CHUNK_ELEMENTS = 2**25  # one [chunk, vocab] fp32 buffer of about 128 MiB
+
+
+def auto_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk so that one chunk of fp32 logits stays near ``CHUNK_ELEMENTS`` elements
+    (about 128 MiB: 220 tokens at a 152k vocabulary, 680 at 49k), large enough for efficient matmuls."""
+    return max(16, CHUNK_ELEMENTS // vocab_size)
+
 
 @dataclass
 class TokenStats:
@@ -26,8 +34,8 @@ class TokenStats:
 
 
 def _chunk_logits(hidden: Tensor, weight: Tensor, dtype: torch.dtype) -> Tensor:
-    """Logits of one chunk in the compute dtype, upcast to at least fp32 for the softmax."""
-    z = hidden.to(dtype) @ weight.to(dtype).t()
+    """Logits of one chunk in the compute dtype (``weight`` is already cast), upcast to >= fp32."""
+    z = hidden.to(dtype) @ weight.t()
     return z.to(torch.promote_types(z.dtype, torch.float32))
 
 
@@ -36,30 +44,43 @@ def _chunks(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product without a [rows, V] temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
 class _ChunkedHeadStats(torch.autograd.Function):
+    """Forward keeps only per-token values and the log-sum-exps; backward recomputes each chunk's
+    logits once and turns them into the logit gradient in place (about two [chunk, V] buffers)."""
+
     @staticmethod
     def forward(ctx, hidden, weight, targets, ref_hidden, ref_weight, chunk_size):
         dtype = hidden.dtype
         if torch.is_autocast_enabled(hidden.device.type):
             dtype = torch.get_autocast_dtype(hidden.device.type)
         n = hidden.shape[0]
-        logprobs = hidden.new_empty(n, dtype=torch.promote_types(dtype, torch.float32))
-        entropy = torch.empty_like(logprobs)
+        acc_dtype = torch.promote_types(dtype, torch.float32)
+        logprobs = hidden.new_empty(n, dtype=acc_dtype)
+        entropy, lse = torch.empty_like(logprobs), torch.empty_like(logprobs)
         correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
         with_ref = ref_hidden is not None
-        ref_kl = torch.zeros_like(logprobs)
+        ref_kl, ref_lse = torch.zeros_like(logprobs), torch.zeros_like(logprobs)
+        w = weight.to(dtype)  # cast once, not per chunk
+        ref_w = ref_weight.to(dtype) if with_ref else None
         with torch.autocast(hidden.device.type, enabled=False):
             for sl in _chunks(n, chunk_size):
-                z = _chunk_logits(hidden[sl], weight, dtype)
-                logp = torch.log_softmax(z, dim=-1)
-                p = logp.exp()
+                logp = _chunk_logits(hidden[sl], w, dtype)
+                lse[sl] = torch.logsumexp(logp, dim=-1)
+                correct[sl] = logp.argmax(-1) == targets[sl]
+                logp.sub_(lse[sl, None])
                 logprobs[sl] = logp.gather(1, targets[sl, None]).squeeze(1)
-                entropy[sl] = -(p * logp).sum(-1)
-                correct[sl] = z.argmax(-1) == targets[sl]
+                p = logp.exp()
+                entropy[sl] = -_rowdot(p, logp)
                 if with_ref:
-                    logq = torch.log_softmax(_chunk_logits(ref_hidden[sl], ref_weight, dtype), dim=-1)
-                    ref_kl[sl] = (p * (logp - logq)).sum(-1)
-        ctx.save_for_backward(hidden, weight, targets, ref_hidden, ref_weight, ref_kl)
+                    logq = _chunk_logits(ref_hidden[sl], ref_w, dtype)
+                    ref_lse[sl] = torch.logsumexp(logq, dim=-1)
+                    ref_kl[sl] = _rowdot(p, logq.sub_(ref_lse[sl, None]).neg_().add_(logp))
+        ctx.save_for_backward(hidden, weight, targets, ref_hidden, ref_weight, ref_kl, lse, ref_lse)
         ctx.chunk_size = chunk_size
         ctx.dtype = dtype
         ctx.with_ref = with_ref
@@ -68,28 +89,36 @@ class _ChunkedHeadStats(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logprobs, _grad_entropy, _grad_correct, grad_ref_kl):
-        hidden, weight, targets, ref_hidden, ref_weight, ref_kl = ctx.saved_tensors
+        hidden, weight, targets, ref_hidden, ref_weight, ref_kl, lse, ref_lse = ctx.saved_tensors
         dtype = ctx.dtype
         grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         acc_dtype = torch.promote_types(dtype, torch.float32)
         grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
         use_kl = ctx.with_ref and grad_ref_kl is not None
+        w = weight.to(dtype)
+        ref_w = ref_weight.to(dtype) if use_kl else None
         with torch.autocast(hidden.device.type, enabled=False):
             for sl in _chunks(hidden.shape[0], ctx.chunk_size):
-                z = _chunk_logits(hidden[sl], weight, dtype)
-                logp = torch.log_softmax(z, dim=-1)
-                p = logp.exp()
-                grad_z = torch.zeros_like(z)
-                if grad_logprobs is not None:
-                    g = grad_logprobs[sl, None].to(acc_dtype)
-                    grad_z -= g * p
-                    grad_z.scatter_add_(1, targets[sl, None], g)
+                logp = _chunk_logits(hidden[sl], w, dtype).sub_(lse[sl, None])
                 if use_kl:
-                    logq = torch.log_softmax(_chunk_logits(ref_hidden[sl], ref_weight, dtype), dim=-1)
-                    grad_z += grad_ref_kl[sl, None].to(acc_dtype) * p * (logp - logq - ref_kl[sl, None])
+                    # d KL / d z = p * (logp - logq - KL)
+                    grad_z = _chunk_logits(ref_hidden[sl], ref_w, dtype).sub_(ref_lse[sl, None])
+                    grad_z.neg_().add_(logp).sub_(ref_kl[sl, None]).mul_(grad_ref_kl[sl, None].to(acc_dtype))
+                    p = logp.exp_()
+                    grad_z.mul_(p)
+                else:
+                    p = logp.exp_()
+                    grad_z = None
+                if grad_logprobs is not None:
+                    # d log p_target / d z = onehot(target) - p
+                    g = grad_logprobs[sl, None].to(acc_dtype)
+                    grad_z = p.mul_(-g) if grad_z is None else grad_z.addcmul_(p, g, value=-1.0)
+                    grad_z.scatter_add_(1, targets[sl, None], g)
+                if grad_z is None:
+                    continue
                 grad_z = grad_z.to(dtype)
                 if grad_hidden is not None:
-                    grad_hidden[sl] = (grad_z @ weight.to(dtype)).to(hidden.dtype)
+                    grad_hidden[sl] = (grad_z @ w).to(hidden.dtype)
                 grad_weight += (grad_z.t() @ hidden[sl].to(dtype)).to(acc_dtype)
         grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_weight, None, None, None, None
@@ -101,13 +130,16 @@ def chunked_token_stats(
     targets: Tensor,
     ref_hidden: Tensor | None = None,
     ref_weight: Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> TokenStats:
     """Stats for ``hidden [N, H]`` through the head ``weight [V, H]`` at ``targets [N]``.
 
     With ``ref_hidden``/``ref_weight`` (no grad) it also returns the exact KL(pi || pi_ref) per token.
     Memory is O(chunk_size * V) instead of O(N * V); log-softmax is fp32 even under bf16 autocast.
+    ``chunk_size`` None picks ``auto_chunk_size(V)``.
     """
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if ref_hidden is not None:

@@ -1,0 +1,95 @@
+"""GenerationEval: generated-answer accuracy, entropy probe and OOD retention during fit and validate.
+
+Metrics go to every logger at the trainer's optimizer step: ``eval/accuracy``, ``eval/avg@k``,
+``eval/entropy``, ``ood/mc_acc``, ``ood/mc_acc_norm``, ``ood/drift_nll``, ``ood/if_strict``.
+An evaluation saves and restores every RNG stream, puts the policy back in its mode and never
+touches the OldPolicy snapshot, so training with it takes exactly the same steps as without.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
+
+from psft_lightning.evaluation.suite import GROUPS, EvalConfig, EvalSuite, check_groups
+
+log = logging.getLogger(__name__)
+
+
+class GenerationEval(L.Callback):
+    """Evaluate ``periodic`` sets every ``every_n_steps`` optimizer steps, and ``start``/``final`` sets
+    at fit start and end (and ``final`` under ``psft validate``).
+
+    Args:
+        every_n_steps: 0 disables periodic evaluation.
+        periodic: sets evaluated every N steps: ``accuracy``, ``avg_k``, ``entropy``, ``mc``, ``drift``,
+            ``if``.
+        start: sets evaluated before the first step (the base model's point of every curve).
+        final: sets evaluated after the last step and by ``psft validate``.
+        config: sizes and files of the sets (see ``EvalConfig``).
+        drift_cache: where base-model answers are cached for models without bundled ones
+            (default ``<default_root_dir>/drift_reference.jsonl``).
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 0,
+        periodic: list[str] | None = None,
+        start: list[str] | None = None,
+        final: list[str] | None = None,
+        config: EvalConfig | None = None,
+        drift_cache: str | None = None,
+    ) -> None:
+        self.every_n_steps = every_n_steps
+        self.periodic = check_groups(["accuracy", "entropy"] if periodic is None else periodic, "periodic")
+        self.start = check_groups(list(GROUPS) if start is None else start, "start")
+        self.final = check_groups(list(GROUPS) if final is None else final, "final")
+        if every_n_steps < 0:
+            raise ValueError(f"GenerationEval every_n_steps must be >= 0, got {every_n_steps}")
+        self.suite = EvalSuite(config)
+        self.drift_cache = drift_cache
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self._done: dict[int, set[str]] = {}
+
+    def evaluate(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, groups: list[str]
+    ) -> dict[str, float]:
+        """Run ``groups`` not yet evaluated at this step, log them and keep them in ``history``."""
+        step = trainer.global_step
+        todo = [g for g in groups if g not in self._done.get(step, set())]
+        if not todo:
+            return {}
+        begin = time.perf_counter()
+        cache = self.drift_cache or os.path.join(trainer.default_root_dir, "drift_reference.jsonl")
+        base_is_policy = trainer.state.fn == TrainerFn.FITTING and step == 0
+        metrics = self.suite.run(pl_module, todo, cache, base_is_policy)
+        metrics["perf/eval_seconds"] = time.perf_counter() - begin
+        self._done.setdefault(step, set()).update(todo)
+        self.history.append((step, metrics))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.start:
+            self.evaluate(trainer, pl_module, self.start)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # mid-accumulation: no optimizer step was taken
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            self.evaluate(trainer, pl_module, self.periodic)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.final:
+            self.evaluate(trainer, pl_module, self.final)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking and self.final:
+            self.evaluate(trainer, pl_module, self.final)

@@ -1,0 +1,174 @@
+"""Checkpoints a run can trust: atomic writes, RNG state, a clean stop on SIGTERM, and a refusal to
+resume a checkpoint of another objective or model.
+
+Lightning restores the model, optimizer, scheduler, loops and callback state; the data position
+follows from the optimizer step (``StepBatches``). What it leaves out is added here: the torch,
+Python and NumPy random generators, and a checkpoint on SIGTERM at an optimizer-step boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from psft_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RNG_KEY = "psft_rng_states"
+# hyper-parameters that must agree between a checkpoint and the run that resumes it
+IDENTITY_HPARAMS = ("objective_name", "model", "tiny_config", "lora")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file in the same directory, fsync it, then ``os.replace``
+    it over the target: a crash (even SIGKILL) mid-write leaves the previous checkpoint intact.
+    Remote paths (``s3://`` ...) go through Lightning's own transactional write."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+    ) -> None:
+        if not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                self.write(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+
+    def write(self, checkpoint: dict[str, Any], f) -> None:
+        """Serialise ``checkpoint`` into the open temporary file."""
+        torch.save(checkpoint, f)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def use_atomic_checkpoints(trainer: L.Trainer) -> None:
+    """Swap Lightning's default CheckpointIO for AtomicCheckpointIO (a user's own plugin is kept)."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+# -------------------------------------------------------------------------------------------- RNG
+def rng_states() -> dict[str, Any]:
+    """The global torch, CUDA, Python and NumPy generator states, in types ``weights_only`` loads."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": list(random.getstate()),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+# ------------------------------------------------------------------------------ identity checks
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], ckpt_path: str | None) -> None:
+    """Refuse to resume a checkpoint whose objective, model or LoRA setup differs from this run's."""
+    diffs = [
+        f"{key}: checkpoint {saved.get(key)!r}, this run {current.get(key)!r}"
+        for key in IDENTITY_HPARAMS
+        if key in saved and saved.get(key) != current.get(key)
+    ]
+    if diffs:
+        raise ConfigError(
+            f"Cannot resume from {ckpt_path or 'the checkpoint'}: it belongs to another run ("
+            + "; ".join(diffs)
+            + "). Resume with the settings it was trained with, or start a new run from its weights: "
+            "`psft export <checkpoint> <dir>` and then `model.model: <dir>`."
+        )
+
+
+# -------------------------------------------------------------------------------------- SIGTERM
+class CheckpointOnSignal(L.Callback):
+    """On SIGTERM, finish the current optimizer step, save ``last.ckpt`` and stop training cleanly.
+
+    Resume with ``psft fit ... --ckpt_path <that file>`` (or ``--ckpt_path last``). Replaces
+    Lightning's own SIGTERM handling during fit, which exits after the current micro-batch (possibly
+    mid gradient accumulation) without saving. Under several processes the stop is agreed by all ranks.
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        self.signum = signum
+        self.received = False
+        self.saved_path: str | None = None
+        self._previous: Any = None
+
+    def _handler(self, signum, frame) -> None:
+        log.warning("received signal %d: saving a checkpoint at the end of this optimizer step", signum)
+        self.received = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received = False
+        self._previous = signal.signal(self.signum, self._handler)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handler()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None
+
+    def last_path(self, trainer: L.Trainer) -> str:
+        """Where ModelCheckpoint keeps ``last.ckpt`` (``<default_root_dir>/checkpoints`` without one)."""
+        callback = trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            return os.path.join(callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
+        return os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
+            return  # not an optimizer-step boundary
+        if not trainer.strategy.reduce_boolean_decision(self.received, all=False):
+            return
+        path = self.last_path(trainer)
+        trainer.save_checkpoint(path)
+        self.saved_path = path
+        log.warning("saved %s at step %d; resume with --ckpt_path %s", path, trainer.global_step, path)
+        trainer.should_stop = True

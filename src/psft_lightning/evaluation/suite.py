@@ -1,0 +1,190 @@
+"""The evaluation suite: which sets, how large, and one ``run`` that returns every requested metric."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from psft_lightning.data.formats import Fields, row_to_example
+from psft_lightning.data.sources import read_rows
+from psft_lightning.errors import ConfigError, DataError
+from psft_lightning.evaluation import ood
+from psft_lightning.evaluation.answers import accuracy, extract_answer
+from psft_lightning.evaluation.generation import generate, render_prompts
+from psft_lightning.evaluation.isolation import isolated
+from psft_lightning.evaluation.probes import teacher_forced
+from psft_lightning.models import load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+Group = Literal["accuracy", "avg_k", "entropy", "mc", "drift", "if"]
+GROUPS: tuple[str, ...] = ("accuracy", "avg_k", "entropy", "mc", "drift", "if")
+
+
+@dataclass
+class EvalConfig:
+    """Sizes and files of the evaluation sets (paths relative to the working directory).
+
+    Args:
+        eval_file: in-domain rows with a prompt, a reference answer and an integer final answer.
+        num_eval: first N rows used for greedy accuracy (0: all).
+        k: samples per question for avg@k, at ``temperature``; ``num_sampled`` questions (0: num_eval).
+        max_new_tokens: generation budget of in-domain answers.
+        num_probe: first N rows whose reference answers are the entropy probe (0: all).
+        ood_dir: folder with general_knowledge.jsonl, instructions.jsonl, if_probe.jsonl and
+            drift_reference.<model>.jsonl (the bundled base answers).
+        num_mc, num_drift, num_if: first N items of each OOD set (0: all).
+        seed: seed of the sampled metrics (training RNG is saved and restored around every eval).
+    """
+
+    eval_file: str = "data/arithmetic/val.jsonl"
+    prompt_field: str = "question"
+    completion_field: str = "answer"
+    final_field: str = "final"
+    num_eval: int = 32
+    k: int = 8
+    num_sampled: int = 0
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+    batch_size: int = 16
+    num_probe: int = 32
+    ood_dir: str = "data/ood"
+    num_mc: int = 0
+    num_drift: int = 0
+    num_if: int = 0
+    drift_max_new_tokens: int = 128
+    if_max_new_tokens: int = 128
+    use_chat_template: bool = True
+    seed: int = 1234
+
+
+def check_groups(groups: list[str], where: str) -> list[str]:
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown evaluation set(s) {unknown}; choose from {', '.join(GROUPS)}")
+    return list(groups)
+
+
+def reference_file(ood_dir: str, model_name: str) -> str:
+    """Where the bundled base-model answers for ``model_name`` live (a file name made safe)."""
+    return os.path.join(ood_dir, f"drift_reference.{re.sub(r'[^A-Za-z0-9._-]+', '_', model_name)}.jsonl")
+
+
+class EvalSuite:
+    """Loads each set once (lazily) and computes the metrics of the requested groups."""
+
+    def __init__(self, config: EvalConfig | None = None) -> None:
+        self.config = config or EvalConfig()
+        if self.config.k < 1 or self.config.max_new_tokens < 1:
+            raise ConfigError("evaluation k and max_new_tokens must be >= 1")
+        self._rows: list[dict] | None = None
+        self._cache: dict[str, object] = {}
+
+    # ---------------------------------------------------------------------------------- data
+    def rows(self) -> list[dict]:
+        """In-domain rows with their prompt, answer and integer final answer checked."""
+        if self._rows is None:
+            c = self.config
+            rows = []
+            for row, where in read_rows(c.eval_file):
+                for name in (c.prompt_field, c.completion_field):
+                    if not isinstance(row.get(name), str):
+                        raise DataError(f"{where}: evaluation needs a string field {name!r}")
+                try:
+                    int(row[c.final_field])
+                except (KeyError, TypeError, ValueError):
+                    raise DataError(f"{where}: evaluation needs an integer field {c.final_field!r}") from None
+                rows.append(row)
+            self._rows = rows
+        return self._rows
+
+    def _first(self, n: int) -> list[dict]:
+        return self.rows()[:n] if n else self.rows()
+
+    def _ood(self, name: str, loader, n: int):
+        if name not in self._cache:
+            self._cache[name] = loader(os.path.join(self.config.ood_dir, name), n)
+        return self._cache[name]
+
+    def drift_examples(self, module, tokenizer, cache_path: str | None, base_is_policy: bool):
+        """Base-model answers: bundled for the model, else cached, else generated once now."""
+        if "drift" in self._cache:
+            return self._cache["drift"]
+        c = self.config
+        prompts = self._ood("instructions.jsonl", ood.load_prompts, c.num_drift)
+        refs = None
+        for path in (reference_file(c.ood_dir, module.model_name), cache_path):
+            if path and os.path.isfile(path):
+                rows = ood.load_references(path)
+                if [r["prompt"] for r in rows[: len(prompts)]] == prompts:
+                    refs = rows[: len(prompts)]
+                    break
+                log.warning("ignoring %s: its prompts differ from %s", path, c.ood_dir)
+        if refs is None:
+            base = module.policy if base_is_policy else load_model(module.model_name, module.tiny_config)
+            with isolated(base, c.seed):
+                refs = ood.make_references(base, tokenizer, prompts, c.drift_max_new_tokens, c.batch_size)
+            if cache_path:
+                ood.write_references(cache_path, refs)
+                log.info("drift references of the base model written to %s", cache_path)
+        self._cache["drift"] = ood.drift_examples(tokenizer, refs)
+        return self._cache["drift"]
+
+    # ------------------------------------------------------------------------------- metrics
+    def run(self, module, groups: list[str], drift_cache: str | None = None, base_is_policy: bool = False):
+        """Every metric of ``groups`` for ``module.policy``; training state is left as it was."""
+        c = self.config
+        tokenizer = load_tokenizer(module.model_name)
+        policy = module.policy
+        metrics: dict[str, float] = {}
+        drift = None
+        if "drift" in groups:  # may generate with the base model: before the policy is put in eval mode
+            drift = self.drift_examples(module, tokenizer, drift_cache, base_is_policy)
+        with isolated(policy, c.seed):
+            if "accuracy" in groups:
+                rows = self._first(c.num_eval)
+                texts = self._answers(policy, tokenizer, rows, 1, 0.0)
+                finals = [int(r[c.final_field]) for r in rows]
+                metrics["eval/accuracy"] = accuracy([t[0] for t in texts], finals)
+                metrics["eval/answer_rate"] = sum(extract_answer(t[0]) is not None for t in texts) / len(rows)
+            if "avg_k" in groups:
+                rows = self._first(c.num_sampled or c.num_eval)
+                texts = self._answers(policy, tokenizer, rows, c.k, c.temperature)
+                flat = [t for sample in texts for t in sample]
+                finals = [int(r[c.final_field]) for r in rows for _ in range(c.k)]
+                metrics[f"eval/avg@{c.k}"] = accuracy(flat, finals)
+            if "entropy" in groups:
+                probe = self._probe(tokenizer)
+                metrics["eval/entropy"] = teacher_forced(module, policy, probe, c.batch_size).entropy
+            if "mc" in groups:
+                items = self._ood("general_knowledge.jsonl", ood.load_mc, c.num_mc)
+                scores = ood.mc_scores(module, policy, tokenizer, items, 2 * c.batch_size)
+                metrics["ood/mc_acc"], metrics["ood/mc_acc_norm"] = scores["acc"], scores["acc_norm"]
+            if drift is not None:
+                metrics["ood/drift_nll"] = ood.drift_nll(module, policy, drift, c.batch_size)
+            if "if" in groups:
+                items = self._ood("if_probe.jsonl", ood.load_if, c.num_if)
+                prompts = render_prompts(tokenizer, [it.prompt for it in items], c.use_chat_template)
+                texts = generate(policy, tokenizer, prompts, c.if_max_new_tokens, c.batch_size)
+                metrics["ood/if_strict"] = ood.if_strict([t[0] for t in texts], items)
+        return metrics
+
+    def _answers(self, policy, tokenizer, rows, samples: int, temperature: float) -> list[list[str]]:
+        c = self.config
+        prompts = render_prompts(tokenizer, [r[c.prompt_field] for r in rows], c.use_chat_template)
+        return generate(policy, tokenizer, prompts, c.max_new_tokens, c.batch_size, samples, temperature)
+
+    def _probe(self, tokenizer):
+        if "probe" not in self._cache:
+            c = self.config
+            fields = Fields(prompt=c.prompt_field, completion=c.completion_field)
+            self._cache["probe"] = [
+                row_to_example(
+                    r, tokenizer, "prompt_completion", fields, c.use_chat_template, f"probe row {i}"
+                )
+                for i, r in enumerate(self._first(c.num_probe))
+            ]
+        return self._cache["probe"]

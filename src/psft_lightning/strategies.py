@@ -1,0 +1,44 @@
+"""FSDP2Strategy: Lightning's ModelParallelStrategy with every process in one data-parallel group.
+
+``ModelParallelStrategy`` defaults to tensor parallelism across the GPUs of a node and data
+parallelism across nodes only. PSFTModule shards with FSDP2 alone, so here the data-parallel
+group is all ``num_nodes x devices`` processes, which a YAML config cannot spell out for
+``devices: auto``. Everything else (launch, DCP sharded checkpoints, gloo on CPU, NCCL on GPU) is
+Lightning's.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallel over all processes (PSFTModule applies ``fully_shard``).
+
+    Args:
+        save_distributed_checkpoint: each rank writes its own shards (torch distributed checkpoint,
+            a folder); ``False`` gathers full weights and optimizer states on rank 0 into one file.
+        process_group_backend: ``nccl`` on GPUs and ``gloo`` on CPU by default.
+        timeout: collective timeout.
+    """
+
+    def __init__(
+        self,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+    ) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+        )
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()

@@ -1,0 +1,33 @@
+"""scripts/benchmark.py keeps working: its smallest mode (tiny model) writes the ratios; no timing asserts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("psft_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smallest_benchmark_writes_ratios_and_verdicts(tmp_path):
+    out, doc = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    load_benchmark().main(["--smallest", "--in-process", "--no-trl", "--out", str(out), "--doc", str(doc)])
+    report = json.loads(out.read_text())
+    expected = {"head_memory", "head_speed", "psft_vs_ce", "kl_vs_ce", "packed_vs_padded"}
+    assert set(report["ratios"]) == expected
+    assert all(value > 0 for value in report["ratios"].values())
+    assert set(report["targets"]) == expected
+    assert all(isinstance(v["met"], bool) for v in report["targets"].values())
+    assert len(report["results"]) == 7 and not any("error" in r["result"] for r in report["results"])
+    packed = next(r for r in report["results"] if r["case"]["variant"] == "packed")["result"]
+    padded = next(r for r in report["results"] if r["case"]["variant"] == "padded")["result"]
+    assert packed["tokens"] == padded["tokens"] and packed["positions"] < padded["positions"]
+    text = doc.read_text()
+    assert "| target | value | goal | met |" in text and "packed / padded" in text

@@ -1,0 +1,184 @@
+"""FSDP2 through Lightning on CPU (gloo): 2 processes equal 1 process, sharded twins, sharded resume.
+
+One 2-process job (tests/fsdp_job.py, started like torchrun would) runs every distributed case; the
+1-process runs it is compared with train in this process, on the same data and global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from fsdp_job import PSFT_VARIANTS, RESUME_AT, run, write_data
+
+from psft_lightning.cli import run_cli
+from psft_lightning.strategies import FSDP2Strategy
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+PAPER_CONFIGS = [
+    "configs/paper/qwen2.5-7b-instruct_psft.yaml",
+    "configs/paper/llama-3.1-8b-instruct_psft.yaml",
+]
+TOLERANCE = 1e-5  # fp32; measured differences are ~5e-7
+LOSS_RUNS = (
+    "ce",
+    "kl",
+    "ce_accumulate",
+    "ce_checkpointing",
+    "ce_bf16",
+    *PSFT_VARIANTS,
+    *(f"{name}_resumed" for name in PSFT_VARIANTS),
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    return write_data(tmp_path_factory.mktemp("fsdp_data") / "train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def two_process(data, tmp_path_factory) -> dict:
+    """Results of the 2-process FSDP2 job (both ranks started here, as torchrun would)."""
+    out = tmp_path_factory.mktemp("fsdp_job")
+    port = str(_free_port())
+    ranks = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "WORLD_SIZE": "2",
+            "NODE_RANK": "0",
+            "LOCAL_RANK": str(rank),
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        }
+        log = (out / f"rank{rank}.log").open("w")
+        cmd = [sys.executable, str(TESTS / "fsdp_job.py"), data, str(out)]
+        ranks.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and any(proc.poll() is None for proc, _ in ranks):
+        if any(proc.poll() for proc, _ in ranks):  # one rank failed: the other would wait on it
+            break
+        time.sleep(0.5)
+    for proc, log in ranks:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    if any(proc.returncode for proc, _ in ranks):
+        tails = "\n".join((out / f"rank{r}.log").read_text()[-3000:] for r in range(2))
+        pytest.fail(f"2-process FSDP job failed:\n{tails}")
+    results = json.loads((out / "results.json").read_text())
+    for name in LOSS_RUNS:  # JSON keys are strings; steps are ints
+        results[name] = {
+            kind: {int(step): loss for step, loss in losses.items()} for kind, losses in results[name].items()
+        }
+    return results
+
+
+@pytest.mark.parametrize("name", ["ce", "kl", *PSFT_VARIANTS])
+def test_two_processes_match_one_process(name, data, two_process, tmp_path, one_thread):
+    objective = name.split("_")[0]
+    one, two = run(objective, data, 1, tmp_path, **PSFT_VARIANTS.get(name, {})), two_process[name]
+    assert sorted(two["train"]) == sorted(one["train"]) == list(range(len(one["train"])))
+    assert len(one["train"]) >= 5 and len(one["val"]) >= 1
+    for kind in ("train", "grad_norm", "val"):
+        assert sorted(two[kind]) == sorted(one[kind])
+        for step, loss in one[kind].items():
+            assert abs(two[kind][step] - loss) <= TOLERANCE, (kind, step, two[kind][step], loss)
+    if name == "psft":  # the refresh steps (ratio 1: loss -1) and the clipped steps in between
+        train = one["train"]
+        assert [train[s] for s in (0, 2, 4)] == [-1.0, -1.0, -1.0]
+        assert all(train[s] < -1.0 for s in (1, 3, 5))
+
+
+def test_accumulation_checkpointing_and_bf16_compute(two_process):
+    fp32 = two_process["ce"]["train"]
+    for variant in ("ce_accumulate", "ce_checkpointing"):  # 2 ranks x 2 micro-batches of 1; recompute
+        assert sorted(two_process[variant]["train"]) == sorted(fp32)
+        for step, loss in two_process[variant]["train"].items():
+            assert abs(loss - fp32[step]) <= TOLERANCE, (variant, step)
+    bf16 = two_process["ce_bf16"]["train"]
+    diffs = [abs(bf16[s] - fp32[s]) for s in fp32]
+    assert 0 < max(diffs) < 0.05, diffs  # really computed in bf16, and still close
+
+
+def test_twins_are_sharded_and_refresh_is_local(two_process):
+    probe = two_process["probe"]
+    for name in ("old_policy", "callback_snapshot"):
+        assert probe[f"{name}_all_dtensor"]
+        assert 0.49 < probe[f"{name}_local_fraction"] < 0.51  # each rank holds half
+    assert probe["snapshot_is_module_old_policy"]
+    assert probe["refresh_collectives"] == 0
+    assert probe["snapshot_forward_collectives"] > 0  # the counter does see FSDP's all-gathers
+
+
+@pytest.mark.parametrize("name", PSFT_VARIANTS)
+def test_sharded_checkpoint_resume_is_exact(name, two_process):
+    assert two_process[f"{name}_checkpoint_is_sharded"]
+    straight, resumed = two_process[name], two_process[f"{name}_resumed"]
+    assert sorted(resumed["train"]) == list(range(RESUME_AT, len(straight["train"])))
+    assert all(resumed["train"][s] == straight["train"][s] for s in resumed["train"]), (resumed, straight)
+    last = len(straight["train"])  # the validation after the last step, on restored weights
+    assert resumed["val"][last] == straight["val"][last]
+
+
+@pytest.mark.parametrize("config", ["configs/psft_fsdp.yaml", *PAPER_CONFIGS])
+def test_multi_gpu_configs_parse_and_build_without_gpus(config, capsys, tmp_path, monkeypatch):
+    """Every key is checked by the CLI parser, and the run is built (on CPU, no weights are loaded)."""
+    path = str(REPO / config)
+    with pytest.raises(SystemExit) as done:
+        run_cli(["fit", "--config", path, "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    trainer, model, data = printed["trainer"], printed["model"], printed["data"]
+    assert trainer["strategy"]["class_path"] == "psft_lightning.strategies.FSDP2Strategy"
+    assert (model["fsdp_param_dtype"], model["fsdp_reduce_dtype"]) == ("bf16", "fp32")
+    assert model["gradient_checkpointing"] and trainer["precision"] == "32-true"
+    assert model["objective"]["init_args"]["clip_low"] == 0.2
+    assert model["objective"]["init_args"]["clip_high"] == 0.28
+    if config in PAPER_CONFIGS:  # the paper's recipe: 8 per optimizer step, 8 steps per snapshot
+        (old_policy,) = [c for c in trainer["callbacks"] if c["class_path"].endswith(".OldPolicy")]
+        per_step = (
+            data["batch_size"]
+            * trainer["devices"]
+            * trainer["num_nodes"]
+            * trainer["accumulate_grad_batches"]
+        )
+        assert per_step == 8 and per_step * old_policy["init_args"]["refresh_every_n_steps"] == 64
+        assert (model["lr"], model["weight_decay"], trainer["gradient_clip_val"]) == (1e-6, 0.1, 1.0)
+        assert model["warmup_steps"] > 0
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["--config", path, "--trainer.accelerator=cpu", "--trainer.devices=2"], run=False)
+    assert isinstance(cli.trainer.strategy, FSDP2Strategy)
+    assert cli.model.policy is None and cli.model.hparams.model == model["model"]
+
+
+def test_psft_refuses_lightning_fsdp1_strategy():
+    """FSDPStrategy keeps parameters sharded outside the training step, where pi_old runs."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from psft_lightning.errors import ConfigError
+    from psft_lightning.module import PSFTModule
+
+    module = PSFTModule(model="tiny", objective="psft")
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy(), callbacks=[])
+    with pytest.raises(ConfigError, match="FSDP2Strategy"):
+        module.configure_model()
+    assert module.policy is None

@@ -1,0 +1,48 @@
+"""Train the tiny model for a few steps through the Python API (module + data module + Trainer), with
+the checkpointing the CLI uses; shared by the export and LoRA tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from psft_lightning.callbacks import OldPolicy
+from psft_lightning.checkpointing import AtomicCheckpointIO
+from psft_lightning.data import Fields, PSFTDataModule
+from psft_lightning.module import PSFTModule
+
+
+def train_tiny(
+    root: Path, files: tuple[str, str], steps: int = 3, refresh_every_n_steps: int = 2, **module_kwargs
+) -> tuple[PSFTModule, Path]:
+    """Fit ``PSFTModule(model="tiny", **module_kwargs)`` for ``steps`` steps; returns it and last.ckpt."""
+    train, val = files
+    data = PSFTDataModule(
+        train_files=[train],
+        val_files=[val],
+        tokenizer="tiny",
+        fields=Fields(prompt="question", completion="answer"),
+        max_length=128,
+        batch_size=2,
+    )
+    module = PSFTModule(model="tiny", **module_kwargs)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[
+            OldPolicy(refresh_every_n_steps=refresh_every_n_steps),
+            ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0),
+        ],
+    )
+    trainer.fit(module, datamodule=data)
+    return module, root / "checkpoints" / "last.ckpt"
