@@ -24,6 +24,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import nullcontext
@@ -79,31 +80,36 @@ def sizes(args) -> dict[str, dict]:
 
 
 def plan(args) -> list[dict]:
-    """The cases of this run: (group, size, variant)."""
+    """The cases of this run. A case runs in one process; its variants are timed round-robin.
+    The head variants get a process each, since their peak memories are compared."""
     if args.smallest:
         head, objective, packing = "tiny", "tiny", "tiny"
     elif args.quick:
         head, objective, packing = "llama-152k", "tiny", "tiny"
     else:
         head, objective, packing = "llama-152k", args.objective_model, args.objective_model
+
+    def case(group: str, size: str, *variants: tuple[str, str]) -> dict:
+        return {
+            "group": group,
+            "size": size,
+            "variants": [{"variant": v, "objective": o} for v, o in variants],
+        }
+
     cases = [
-        {"group": "head", "size": head, "variant": "naive", "objective": "ce"},
-        {"group": "head", "size": head, "variant": "ours", "objective": "ce"},
-        {"group": "objective", "size": objective, "variant": "ours", "objective": "ce"},
-        {"group": "objective", "size": objective, "variant": "ours", "objective": "psft"},
-        {"group": "objective", "size": objective, "variant": "ours", "objective": "kl"},
-        {"group": "packing", "size": packing, "variant": "padded", "objective": "ce"},
-        {"group": "packing", "size": packing, "variant": "packed", "objective": "ce"},
+        case("head", head, ("naive", "ce")),
+        case("head", head, ("ours", "ce")),
+        case("objective", objective, ("ours", "ce"), ("ours", "psft"), ("ours", "kl")),
+        case("packing", packing, ("padded", "ce"), ("packed", "ce")),
     ]
     if args.device == "cuda" and not args.quick and not args.smallest:
-        cases += [
-            {"group": "mfu", "size": "llama-0.5b", "variant": "ours", "objective": "ce"},
-            {"group": "mfu", "size": "llama-0.5b", "variant": "ours", "objective": "psft"},
-        ]
+        cases.append(case("mfu", "llama-0.5b", ("ours", "ce"), ("ours", "psft")))
     if not args.no_trl:
-        cases += [{"group": "trl", "size": head, "variant": "trl", "objective": "ce"}]
+        cases.append(case("trl", head, ("trl", "ce")))
         if objective != head:
-            cases += [{"group": "trl", "size": objective, "variant": "trl", "objective": "ce"}]
+            # our CE alone in its process (the objective case also holds an old policy and a reference)
+            cases.append(case("alone", objective, ("ours", "ce")))
+            cases.append(case("trl", objective, ("trl", "ce")))
     return cases
 
 
@@ -193,20 +199,21 @@ def peak_flops(device: str, override: float | None) -> float | None:
 
 
 # ------------------------------------------------------------------------------------- one case
-def build_module(case: dict, spec: dict, args):
+def build_module(variants: list[dict], spec: dict, args):
+    """One policy for all variants of a case (plus the reference and old policy they need)."""
     from psft_lightning.module import PSFTModule, frozen
 
+    objectives = {v["objective"] for v in variants}
     module = PSFTModule(
         model=spec["model"],
-        objective=case["objective"],
+        objective="kl" if "kl" in objectives else "ce",
         tiny_config=spec.get("tiny_config"),
         chunk_size=args.chunk_size,
         attn_implementation=args.attn,
     )
     module.configure_model()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     module.policy.to(args.device)
-    old = frozen(module.policy) if case["objective"] == "psft" else None
+    old = frozen(module.policy) if "psft" in objectives else None
     if module.reference is not None:
         module.reference.to(args.device)
         with torch.no_grad():  # a reference that differs, so the KL and its gradient are not trivial
@@ -217,7 +224,7 @@ def build_module(case: dict, spec: dict, args):
             if model is not None:
                 for layer in model.base_model.layers:
                     layer.compile()
-    return module, old, dtype
+    return module, old
 
 
 def naive_stats(module, batch):
@@ -231,60 +238,75 @@ def naive_stats(module, batch):
     return naive_token_stats(logits, targets[mask])
 
 
-def run_ours(case: dict, spec: dict, args) -> dict:
+def run_ours(case: dict, spec: dict, args) -> list[dict]:
+    """Time the case's variants round-robin, one optimizer step each per round, so that a change in
+    machine load hits all of them alike; memory is each variant's peak during its own steps."""
     from psft_lightning.data.collate import collate, collate_packed
-    from psft_lightning.objectives import ObjectiveInputs
+    from psft_lightning.objectives import ObjectiveInputs, build_objective
 
-    module, old, dtype = build_module(case, spec, args)
+    variants = case["variants"]
+    module, old = build_module(variants, spec, args)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     vocab = module.policy.config.vocab_size
     examples = make_examples(example_lengths(case["group"], spec["batch"], spec["seq"]), vocab)
-    if case["variant"] == "packed":
-        batch = collate_packed(examples, PAD, spec["seq"])
-    else:
-        batch = collate(examples, PAD)
-    batch = {k: v.to(args.device) for k, v in batch.items()}
-    n_loss = float((batch["labels"][:, 1:] != -100).sum())
     optimizer = torch.optim.AdamW(module.policy.parameters(), lr=1e-5)
     autocast = torch.autocast(args.device, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
-    def step():
-        with autocast:
-            if case["variant"] == "naive":
-                stats = naive_stats(module, batch)
-            else:
-                stats = module.token_stats(module.policy, batch, module.reference)
-            old_logprobs = module.token_logprobs(old, batch) if old is not None else None
-            out = module.objective(
-                ObjectiveInputs(
-                    stats.logprobs,
-                    torch.ones_like(stats.logprobs, dtype=torch.bool),
-                    num_tokens=n_loss,
-                    old_logprobs=old_logprobs,
-                    ref_kl=stats.ref_kl,
-                )
-            )
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def make_step(variant: dict):
+        packed = variant["variant"] == "packed"
+        batch = collate_packed(examples, PAD, spec["seq"]) if packed else collate(examples, PAD)
+        batch = {k: v.to(args.device) for k, v in batch.items()}
+        n_loss = float((batch["labels"][:, 1:] != -100).sum())
+        objective = build_objective(variant["objective"])
+        reference = module.reference if objective.needs_reference else None
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    with PeakMemory(args.device) as memory:
-        for _ in range(args.steps):
-            sync(args.device)
-            start = time.perf_counter()
+        def step():
+            with autocast:
+                if variant["variant"] == "naive":
+                    stats = naive_stats(module, batch)
+                else:
+                    stats = module.token_stats(module.policy, batch, reference)
+                old_logprobs = module.token_logprobs(old, batch) if objective.uses_old_policy else None
+                out = objective(
+                    ObjectiveInputs(
+                        stats.logprobs,
+                        torch.ones_like(stats.logprobs, dtype=torch.bool),
+                        num_tokens=n_loss,
+                        old_logprobs=old_logprobs,
+                        ref_kl=stats.ref_kl,
+                    )
+                )
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step, batch
+
+    steps = [make_step(v) for v in variants]
+    for step, _ in steps:
+        for _ in range(args.warmup):
             step()
-            sync(args.device)
-            times.append(time.perf_counter() - start)
-    tokens = int(batch["num_input_tokens"])
-    result = summary(times, tokens, memory.peak, batch["input_ids"].numel())
+    times: list[list[float]] = [[] for _ in variants]
+    peaks = [0] * len(variants)
+    for _ in range(args.steps):
+        for i, (step, _) in enumerate(steps):
+            with PeakMemory(args.device) as memory:
+                sync(args.device)
+                start = time.perf_counter()
+                step()
+                sync(args.device)
+                times[i].append(time.perf_counter() - start)
+            peaks[i] = max(peaks[i], memory.peak)
     flops = model_flops_per_token(module.policy, spec["seq"])
-    peak = peak_flops(args.device, args.peak_flops)
-    result["model_flops_per_token"] = flops
-    if peak:
-        result["mfu"] = flops * result["tokens_per_s"] / peak
-    return result
+    peak_rate = peak_flops(args.device, args.peak_flops)
+    results = []
+    for (_, batch), t, peak in zip(steps, times, peaks, strict=True):
+        result = summary(t, int(batch["num_input_tokens"]), peak, batch["input_ids"].numel())
+        result["model_flops_per_token"] = flops
+        if peak_rate:
+            result["mfu"] = flops * result["tokens_per_s"] / peak_rate
+        results.append(result)
+    return results
 
 
 def run_trl(case: dict, spec: dict, args) -> dict:
@@ -296,6 +318,10 @@ def run_trl(case: dict, spec: dict, args) -> dict:
     from psft_lightning.models import load_model, load_tokenizer
 
     model = load_model(spec["model"], spec.get("tiny_config"))
+    if getattr(model, "hf_quantizer", None) is not None and not model.hf_quantizer.is_trainable:
+        # a GGUF file is dequantized to float at load, but transformers keeps the quantizer flag, which
+        # Trainer refuses; the weights are plain float tensors, as in our runs
+        model.is_quantized, model.hf_quantizer = False, None
     if args.attn:
         model.set_attn_implementation(args.attn)
     tokenizer = load_tokenizer(spec["model"] if spec["model"] != "tiny" else "tiny")
@@ -327,7 +353,7 @@ def run_trl(case: dict, spec: dict, args) -> dict:
 
     timer = Timer()
     config = SFTConfig(
-        output_dir=str(Path(args.out).parent / "trl_tmp"),
+        output_dir=tempfile.mkdtemp(prefix="psft-bench-trl-"),
         per_device_train_batch_size=spec["batch"],
         max_length=spec["seq"],
         max_steps=n_steps,
@@ -365,22 +391,24 @@ def summary(times: list[float], tokens: int, peak: int, positions: int) -> dict:
     }
 
 
-def run_case(case: dict, args) -> dict:
+def run_case(case: dict, args) -> list[dict]:
+    """One result per variant of ``case``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     spec = sizes(args)[case["size"]]
-    if case["variant"] == "trl":
-        return run_trl(case, spec, args)
+    if case["group"] == "trl":
+        return [run_trl(case, spec, args)]
     return run_ours(case, spec, args)
 
 
-def run_isolated(case: dict, args, argv: list[str]) -> dict:
+def run_isolated(case: dict, args, argv: list[str]) -> list[dict]:
     """One case in a fresh interpreter (its own memory high-water mark), result as the last JSON line."""
     cmd = [sys.executable, __file__, *argv, "--case", json.dumps(case)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+        error = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+        return [{"error": error} for _ in case["variants"]]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -413,7 +441,7 @@ def ratios(results: list[dict], args) -> dict[str, float]:
             continue
         size = r["case"]["size"]
         mine = find(results, group="head", variant="ours", size=size) or find(
-            results, group="objective", objective="ce", size=size
+            results, group="alone", size=size
         )
         if mine:
             out[f"ours_vs_trl_speed[{size}]"] = mine["tokens_per_s"] / r["result"]["tokens_per_s"]
@@ -436,11 +464,12 @@ def markdown(report: dict) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `scripts/benchmark.py` (edit the script, not this file). Every number below comes",
-        "from one run: the cases ran one after another, each in a fresh process, on the same synthetic",
-        "token data. Step time is the median wall-clock optimizer step after warm-up; tokens/s counts",
-        "real input tokens (no padding); memory is the peak RSS of the process during the measured steps",
-        "(CPU) or `torch.cuda.max_memory_allocated` (CUDA).",
+        "Written by `scripts/benchmark.py` (edit the script, not this file). The targets and cases",
+        "below come from one run on the same synthetic token data: cases ran one after another, each",
+        "in a fresh process; the variants of one case (CE/PSFT/KL, padded/packed) share its process and",
+        "are timed round-robin. Step time is the median wall-clock optimizer step after warm-up;",
+        "tokens/s counts real input tokens (no padding); memory is the peak RSS of the process during",
+        "the measured steps (CPU) or `torch.cuda.max_memory_allocated` (CUDA).",
         "",
         f"- date: {report['date']}",
         f"- device: {env['device']} ({env['cpu_count']} CPU cores, {env['threads']} torch threads)",
@@ -460,12 +489,12 @@ def markdown(report: dict) -> str:
         "",
         "## Cases",
         "",
-        "| group | model | variant | objective | batch x seq | step s | tokens/s | peak MB | MFU |",
+        "| group | model | variant | objective | examples x max len | step s | tokens/s | peak MB | MFU |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         c, res = r["case"], r["result"]
-        shape = f"{r['batch']} x {r['seq']}"
+        shape = f"{len(example_lengths(c['group'], r['batch'], r['seq']))} x {r['seq']}"
         if "error" in res:
             lines.append(
                 f"| {c['group']} | {c['size']} | {c['variant']} | {c['objective']} | {shape} "
@@ -502,13 +531,13 @@ def parse(argv: list[str] | None = None):
     p.add_argument("--in-process", action="store_true", help="no subprocess per case (peaks then overlap)")
     p.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s for MFU (else by GPU name)")
     p.add_argument("--case-timeout", type=int, default=900)
-    p.add_argument("--out", default=str(REPO / "results" / "benchmark.json"))
+    p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.json"))
     p.add_argument("--doc", default=None, help="also write the Markdown report here (docs/benchmarks.md)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.big_seq = min(args.big_seq, 1024)
+        args.steps, args.warmup, args.big_seq = 1, 1, min(args.big_seq, 512)
     if args.smallest:
         args.steps, args.warmup, args.big_seq = 1, 1, 64
     return args
@@ -526,14 +555,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     all_sizes = sizes(args)
     for case in plan(args):
         started = time.perf_counter()
-        result = run_case(case, args) if args.in_process else run_isolated(case, args, argv)
+        outcome = run_case(case, args) if args.in_process else run_isolated(case, args, argv)
         spec = all_sizes[case["size"]]
-        results.append({"case": case, "batch": spec["batch"], "seq": spec["seq"], "result": result})
-        shown = result.get("error") or (
-            f"step {result['step_s']:.2f}s, {result['tokens_per_s']:.0f} tok/s, "
-            f"peak {result['peak_mem_mb']:.0f} MB"
-        )
-        print(f"[{time.perf_counter() - started:6.1f}s] {case}: {shown}", flush=True)
+        for variant, result in zip(case["variants"], outcome, strict=True):
+            flat = {"group": case["group"], "size": case["size"], **variant}
+            results.append({"case": flat, "batch": spec["batch"], "seq": spec["seq"], "result": result})
+            shown = result.get("error") or (
+                f"step {result['step_s']:.2f}s, {result['tokens_per_s']:.0f} tok/s, "
+                f"peak {result['peak_mem_mb']:.0f} MB"
+            )
+            print(f"[{time.perf_counter() - started:6.1f}s] {flat}: {shown}", flush=True)
     values = ratios(results, args)
     report = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -16,6 +16,7 @@ sit between SFT and PSFT.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -379,6 +380,29 @@ def write_results(
         "Redraw them, or any other runs' curves, with "
         f"`python scripts/plot_runs.py {shown(args.runs_dir)}/seed{seeds[0]} --out {shown(plots_dir)}`.",
         "",
+        "## Budgets",
+        "",
+        "| budget | steps x batch | lr | eval sizes | expected time |",
+        "|---|---|---|---|---|",
+        *[
+            f"| `{name}` | {b.steps} x {b.batch_size} | {b.lr:g} | "
+            + ", ".join(f"{k}={v}" for k, v in b.eval.items())
+            + f" | {b.expected} |"
+            for name, b in BUDGETS.items()
+        ],
+        "",
+        "`full` runs every set in full (100 MC questions, 32 drift instructions, 24 IF prompts) and reports "
+        "mean ± standard deviation over its seeds. No GPU was available to this project when this page was "
+        "written, so its time is an estimate; run it with `python scripts/reproduce.py --budget full` "
+        "(add `--seeds 0 1 2` for more).",
+        "",
+        "## Use the evaluation in your own runs",
+        "",
+        "`psft fit --config configs/psft.yaml --config configs/psft_eval.yaml` logs the same metrics "
+        "during any run (see the comments in configs/psft_eval.yaml; `psft validate` with that file "
+        "evaluates a checkpoint once), and `python scripts/plot_runs.py runs/* --out plots` draws any runs' "
+        "TensorBoard curves side by side.",
+        "",
         "## The paper's own numbers",
         "",
         f"The paper ([arXiv 2508.17784]({PAPER}), Zhu et al.) reports its results on 7-8B instruct models "
@@ -402,8 +426,34 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--plots", type=Path, help="PNG folder (default: <out folder>/results)")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "reproduce", help="logs, configs")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the page and plots from --runs-dir's results.json"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    saved = args.runs_dir / "results.json"
+    if args.report_only:
+        record = json.loads(saved.read_text(encoding="utf-8"))
+        args.budget, args.model = record["budget"], record["model"]
+    else:
+        record = measure(args)
+        saved.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    budget, seeds = BUDGETS[args.budget], record["seeds"]
+    plots_dir = args.plots or args.out.parent / "results"
+    shutil.rmtree(plots_dir, ignore_errors=True)
+    folders = plot_runs.find_runs([str(args.runs_dir / f"seed{s}") for s in seeds])
+    runs = {label: plot_runs.read_scalars(folder) for label, folder in folders.items()}
+    plots = plot_runs.plot(runs, plot_runs.DEFAULT_TAGS, str(plots_dir))
+    table = summarise(record["results"])
+    write_results(args.out, table, budget, args, seeds, plots_dir, plots, record["seconds"], record["load"])
+    print(
+        f"wrote {args.out} and {len(plots)} plots to {plots_dir}; runs took {record['seconds'] / 60:.1f} min"
+    )
+    return args.out
+
+
+def measure(args) -> dict:
+    """Evaluate the base model once, train and evaluate every objective for every seed."""
     budget = BUDGETS[args.budget]
     model = args.model or budget.model
     seeds = args.seeds or list(budget.seeds)
@@ -414,22 +464,16 @@ def main(argv: list[str] | None = None) -> Path:
     for seed in seeds:
         results["base"].append(base)  # greedy and seeded sampling: the base model scores the same each seed
         for objective in OBJECTIVES:
-            results.setdefault(objective, []).append(
-                run(objective, budget, model, seed, args.runs_dir / f"seed{seed}")
-            )
-    table = summarise(results)
-    plots_dir = args.plots or args.out.parent / "results"
-    shutil.rmtree(plots_dir, ignore_errors=True)
-    runs = {
-        label: plot_runs.read_scalars(folder)
-        for label, folder in plot_runs.find_runs([str(args.runs_dir / f"seed{s}") for s in seeds]).items()
+            out = args.runs_dir / f"seed{seed}"
+            results.setdefault(objective, []).append(run(objective, budget, model, seed, out))
+    return {
+        "budget": args.budget,
+        "model": model,
+        "seeds": seeds,
+        "results": results,
+        "seconds": time.perf_counter() - begin,
+        "load": [load_before, os.getloadavg()[0]],
     }
-    plots = plot_runs.plot(runs, plot_runs.DEFAULT_TAGS, str(plots_dir))
-    total = time.perf_counter() - begin
-    load = (load_before, os.getloadavg()[0])
-    write_results(args.out, table, budget, args, seeds, plots_dir, plots, total, load)
-    print(f"wrote {args.out} and {len(plots)} plots to {plots_dir} in {total / 60:.1f} min")
-    return args.out
 
 
 if __name__ == "__main__":

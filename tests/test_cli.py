@@ -61,7 +61,7 @@ def test_fit_each_objective_writes_checkpoint_and_events(tmp_path, args, objecti
     assert state["global_step"] == 2
     assert not any(k.startswith("reference.") for k in state["state_dict"])
     metrics = scalars(tmp_path)
-    assert sorted(metrics["train/loss"]) == [0, 1]
+    assert sorted(metrics["train/loss"]) == [1, 2]  # x-axis: optimizer steps completed
     assert all(math.isfinite(v) for v in metrics["train/loss"].values())
     assert math.isfinite(metrics["val/loss"][2])
     assert ("kl/ref_kl" in metrics) == (objective == "kl")
@@ -77,7 +77,7 @@ def test_validate_and_resume_from_a_checkpoint(tmp_path, args):
     assert float(validate.trainer.callback_metrics["val/loss"]) == pytest.approx(fitted, rel=1e-5)
     resumed = run_cli(["fit", *args, "--model.objective=ce", "--trainer.max_steps=3", f"--ckpt_path={last}"])
     assert resumed.trainer.global_step == 3
-    assert sorted(scalars(tmp_path, version=2)["train/loss"]) == [2]  # the x-axis is the optimizer step
+    assert sorted(scalars(tmp_path, version=2)["train/loss"]) == [3]  # optimizer steps completed
 
 
 def test_print_config_is_complete_and_runs_again(tmp_path, args, capsys):
@@ -153,20 +153,24 @@ def test_custom_objective_by_class_path_with_init_args(tmp_path, args, monkeypat
     cli = run_cli(["fit", *args, "--config", str(config), "--trainer.max_steps=1"])
     assert type(cli.model.objective).__name__ == "FocalNLL" and cli.model.objective.gamma == 0.5
     metrics = scalars(tmp_path)
-    assert 0 < metrics["focal/weight"][0] < 1
-    assert math.isfinite(metrics["train/loss"][0]) and metrics["train/loss"][0] > 0
+    assert 0 < metrics["focal/weight"][1] < 1
+    assert math.isfinite(metrics["train/loss"][1]) and metrics["train/loss"][1] > 0
 
 
 def test_custom_objective_by_entry_point_name(tmp_path, args, monkeypatch, clean_registry):
     info = tmp_path / "psft_focal_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: psft-focal-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nfocal = psft_focal:FocalNLL\n")
+    (info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nfocal = psft_focal:FocalNLL\nstrict_focal = psft_focal:StrictFocalNLL\n"
+    )
     monkeypatch.syspath_prepend(PLUGINS)
     monkeypatch.syspath_prepend(str(tmp_path))
     cli = run_cli([*args, "--model.objective=focal"], run=False)
     assert type(cli.model.objective).__name__ == "FocalNLL" and cli.model.objective.gamma == 2.0
     assert cli.model.hparams["objective_name"] == "focal"
+    with pytest.raises(ConfigError, match=r"'strict_focal' cannot be built from its name alone .*gamma"):
+        run_cli([*args, "--model.objective=strict_focal"], run=False)
 
 
 def test_console_script_prints_data_errors_without_traceback(tmp_path, args, capsys):
@@ -175,7 +179,7 @@ def test_console_script_prints_data_errors_without_traceback(tmp_path, args, cap
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a"}\n{"question": "q"\n')
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *args, f"--data.train_files=[{bad}]"])
+        main(["fit", *args, f"--data.train_files={bad}"])  # one file: no list brackets needed
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"psft: error: {bad}:2: malformed JSON line" in err

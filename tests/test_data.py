@@ -118,6 +118,7 @@ def test_fields_as_a_dict_in_python(write_jsonl, tokenizer):
         # no role headers at all: an assistant-only conversation is loss everywhere
         ("{% for m in messages %}{{ m['content'] + '<|im_end|>' }}{% endfor %}", "every token"),
     ],
+    ids=["covers-nothing", "covers-everything"],
 )
 def test_chat_template_mask_all_zeros_or_all_ones_is_an_error(tokenizer, template, what):
     odd = copy.deepcopy(tokenizer)

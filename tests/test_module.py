@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from psft_lightning.callbacks import OldPolicy
-from psft_lightning.data import Fields, PSFTDataModule
+from psft_lightning.data import PSFTDataModule
 from psft_lightning.errors import DataError
 from psft_lightning.models import load_model
 from psft_lightning.module import REFERENCE_PREFIX, PSFTModule
@@ -64,7 +64,6 @@ def run(
     tmp_path,
     objective,
     *,
-    rows=None,
     batch_size=4,
     accumulate=1,
     max_steps=1,
@@ -74,9 +73,9 @@ def run(
     val=False,
     checkpoint=False,
 ) -> tuple[L.Trainer, PSFTModule]:
-    """Fit the tiny model on ``rows`` (default: the unequal ROWS, arithmetic-free, no chat template)."""
+    """Fit the tiny model on the four unequal ROWS (plain prompt + completion, no chat template)."""
     train = tmp_path / "train.jsonl"
-    train.write_text("\n".join(json.dumps(r) for r in (rows or ROWS)) + "\n")
+    train.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
     data = PSFTDataModule(
         [str(train)],
         val_files=[str(train)] if val else None,
@@ -85,7 +84,6 @@ def run(
         max_length=64,
         batch_size=batch_size,
         val_fraction=0.0,
-        fields=Fields(),
     )
     module = PSFTModule("tiny", objective, lr=lr, schedule="constant")
     trainer = L.Trainer(
@@ -173,10 +171,13 @@ def test_batch_without_loss_tokens_is_a_data_error_not_nan():
 
 
 def scalars(log_dir) -> dict[str, dict[int, float]]:
+    """Scalars keyed by ``global_step``: that of the step a training value was computed at (the logged
+    x-axis counts optimizer steps completed, one more), and that at which validation ran."""
     (event_file,) = glob.glob(f"{log_dir}/events.out.tfevents.*")
     acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+    shift = {tag: 0 if tag.startswith("val/") else 1 for tag in acc.Tags()["scalars"]}
+    return {tag: {e.step - shift[tag]: e.value for e in acc.Scalars(tag)} for tag in shift}
 
 
 def test_kl_reference_is_not_checkpointed_and_ref_kl_starts_at_zero(tmp_path):

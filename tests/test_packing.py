@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from psft_lightning.data.batching import StepBatches, StepShape, plan_epoch
-from psft_lightning.data.collate import best_fit_decreasing, collate, collate_packed
+from psft_lightning.data.collate import best_fit_decreasing, collate, collate_packed, pack_rows
 from psft_lightning.data.datamodule import PSFTDataModule
 from psft_lightning.data.formats import IGNORE_INDEX, Example, Fields
 from psft_lightning.errors import ConfigError
@@ -45,15 +45,24 @@ def test_best_fit_decreasing_by_hand():
     assert best_fit_decreasing([9, 1], 8) == [[0], [1]]  # too long: a bin of its own
 
 
+def test_pack_rows_balances_the_bfd_row_count():
+    # BFD: [5, 3], [4] -> widest row 8; balanced over 2 rows: [5], [4, 3] -> widest 7
+    assert best_fit_decreasing([5, 4, 3], 8) == [[0, 2], [1]]
+    assert pack_rows([5, 4, 3], 8) == [[0], [1, 2]]
+    # balancing would overflow the capacity: keep BFD
+    # (longest-first onto the least-filled row: [5, 4], [5, 3, 3] = 11 > 10)
+    assert pack_rows([5, 5, 4, 3, 3], 10) == best_fit_decreasing([5, 5, 4, 3, 3], 10) == [[0, 1], [2, 3, 4]]
+
+
 def test_collate_packed_layout_by_hand():
     a = Example([10, 11, 12], [IGNORE_INDEX, 11, 12])
     b = Example([20, 21], [IGNORE_INDEX, 21])
     c = Example([30, 31, 32, 33], [IGNORE_INDEX, IGNORE_INDEX, 32, 33])
     batch = collate_packed([a, b, c], PAD, pack_length=6)
-    # c (4) opens row 0, a (3) opens row 1, b (2) fits row 0 (room 2) best
-    assert batch["input_ids"].tolist() == [[20, 21, 30, 31, 32, 33], [10, 11, 12, PAD, PAD, PAD]]
-    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2, 3], [0, 1, 2, 0, 1, 2]]
-    assert batch["labels"].tolist() == [[-100, 21, -100, -100, 32, 33], [-100, 11, 12, -100, -100, -100]]
+    # BFD needs 2 rows ([c, b] and [a]: widths 6 and 3); balanced: [c] and [a, b] (widths 4 and 5)
+    assert batch["input_ids"].tolist() == [[30, 31, 32, 33, PAD], [10, 11, 12, 20, 21]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, -100, 32, 33, -100], [-100, 11, 12, -100, 21]]
     assert "attention_mask" not in batch
     assert batch["num_input_tokens"].item() == 9
 
@@ -68,7 +77,7 @@ def test_packed_logprobs_equal_unpacked(attn):
     stats = module.token_stats(module.policy, packed)
     # unpacked reference, one example at a time, re-ordered like the packed rows
     per_example = [module.token_stats(module.policy, collate([e], PAD)) for e in examples]
-    order = [i for row in best_fit_decreasing([len(e.input_ids) for e in examples], 64) for i in sorted(row)]
+    order = [i for row in pack_rows([len(e.input_ids) for e in examples], 64) for i in sorted(row)]
     expected = torch.cat([per_example[i].logprobs for i in order])
     assert stats.logprobs.shape == expected.shape
     assert stats.logprobs.numel() == sum(e.num_loss_tokens for e in examples)  # exact loss tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -23,6 +24,12 @@ from psft_lightning.objectives import available_objectives
 
 
 class PSFTCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate`` only: the module has no test or predict step."""
+        kept = ("fit", "validate")
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in kept}
+
     def add_arguments_to_parser(self, parser) -> None:
         # the tokenizer always matches the model being trained
         parser.link_arguments("model.model", "data.tokenizer")
@@ -79,15 +86,33 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> PSFTCLI:
         PSFTDataModule,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": DESCRIPTION},
         trainer_defaults={"callbacks": [CheckpointOnSignal()]},
         args=args,
         run=run,
     )
 
 
+DESCRIPTION = (
+    "Fine-tune a causal LM with SFT (ce), SFT-KL (kl), PSFT (psft) or PSFT with warm-up (psft_warmup): "
+    "psft fit --config configs/psft.yaml. Export a checkpoint as a Hugging Face model directory with "
+    "psft export CHECKPOINT OUT_DIR (psft export --help)."
+)
+
+QUIET_WARNINGS = (
+    # the frozen KL reference and old-policy snapshot are submodules kept in eval mode on purpose
+    r".*module\(s\) in eval mode.*",
+    # StepBatches resumes from the trainer's optimizer step, not from a dataloader state_dict
+    r".*dataloader is not resumable.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point: user errors exit with status 2 and a one-paragraph message."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv[:1] == ["export"]:

@@ -199,14 +199,20 @@ class PSFTModule(L.LightningModule):
             check_packed_attention(self.policy)
 
     def configure_callbacks(self):
-        """Add an OldPolicy callback with defaults when the objective needs one and none is configured."""
+        """Add an OldPolicy callback with defaults when the objective needs one and none is configured,
+        and swap Lightning's default progress bar for one with short metric names."""
         from psft_lightning.callbacks import OldPolicy
+        from psft_lightning.callbacks.progress import step_progress_bar
 
+        callbacks = []
         if self.objective.uses_old_policy and not any(
             isinstance(c, OldPolicy) for c in self.trainer.callbacks
         ):
-            return [OldPolicy()]
-        return []
+            callbacks.append(OldPolicy())
+        bar = step_progress_bar(self.trainer.progress_bar_callback)
+        if bar is not None:
+            callbacks.append(bar)
+        return callbacks
 
     def frozen_copy(self) -> nn.Module:
         """A frozen copy of the current policy (used by the OldPolicy callback).
@@ -358,15 +364,16 @@ class PSFTModule(L.LightningModule):
             sums["perf/tokens_per_sec"] = tokens / max(now - self._last_step_end, 1e-9)
         self._last_step_end = now
         sums["train/lr"] = torch.tensor(self.lr_schedulers().get_last_lr()[0])
-        # x-axis = optimizer step (Lightning's own logging step is one ahead after some resumes)
-        sums["step"] = torch.tensor(float(self.global_step))
+        # x-axis = optimizer steps completed, this one included (also what checkpoint names show);
+        # set explicitly since Lightning's own logging step is one ahead after some resumes
+        sums["step"] = torch.tensor(float(self.global_step + 1))
         for name, value in {**sums, **maxes}.items():
             self.log(
                 name,
                 value,
                 on_step=True,
                 on_epoch=False,
-                prog_bar=name in ("train/loss", "perf/tokens_per_sec"),
+                prog_bar=name in ("train/loss", "train/nll", "perf/tokens_per_sec"),
             )
 
     def on_train_start(self) -> None:

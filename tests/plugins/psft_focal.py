@@ -17,3 +17,10 @@ class FocalNLL(Objective):
         weight = (1.0 - inputs.logprobs.detach().exp()).pow(self.gamma)
         loss = masked_contribution(-weight * inputs.logprobs, inputs.mask, denom)
         return ObjectiveOutput(loss, {"focal/weight": masked_contribution(weight, inputs.mask, denom)})
+
+
+class StrictFocalNLL(FocalNLL):
+    """The same objective with a required argument: it cannot be built from its name alone."""
+
+    def __init__(self, gamma: float) -> None:
+        super().__init__(gamma)

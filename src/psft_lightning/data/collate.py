@@ -53,6 +53,26 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Rows for a packed micro-batch: as few as best-fit decreasing needs, then balanced.
+
+    Rows are padded to the longest one, so with the row count fixed by BFD the examples are spread
+    longest-first onto the least-filled row (when that still fits ``capacity``): fewer padded positions.
+    """
+    bins = best_fit_decreasing(lengths, capacity)
+    loads = [0] * len(bins)
+    rows: list[list[int]] = [[] for _ in bins]
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = loads.index(min(loads))
+        rows[r].append(i)
+        loads[r] += lengths[i]
+    if max(loads) <= max(capacity, max(lengths)) and max(loads) < max(
+        sum(lengths[i] for i in b) for b in bins
+    ):
+        return rows
+    return bins
+
+
 def collate_packed(examples: list[Example], pad_id: int, pack_length: int) -> dict[str, torch.Tensor]:
     """Pack the examples into as few rows of <= ``pack_length`` tokens as possible (no attention mask).
 
@@ -60,7 +80,7 @@ def collate_packed(examples: list[Example], pad_id: int, pack_length: int) -> di
     labels -100), so it attends only to itself. Each example's first label is -100: the last token of
     one example never predicts the first token of the next.
     """
-    rows = best_fit_decreasing([len(e.input_ids) for e in examples], pack_length)
+    rows = pack_rows([len(e.input_ids) for e in examples], pack_length)
     width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

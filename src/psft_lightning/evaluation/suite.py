@@ -6,7 +6,6 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 from psft_lightning.data.formats import Fields, row_to_example
 from psft_lightning.data.sources import read_rows
@@ -20,7 +19,6 @@ from psft_lightning.models import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-Group = Literal["accuracy", "avg_k", "entropy", "mc", "drift", "if"]
 GROUPS: tuple[str, ...] = ("accuracy", "avg_k", "entropy", "mc", "drift", "if")
 
 

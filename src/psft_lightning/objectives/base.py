@@ -170,5 +170,12 @@ def build_objective(spec: str | Objective) -> Objective:
     if isinstance(spec, Objective):
         return spec
     if isinstance(spec, str):
-        return objective_class(spec)()
+        cls = objective_class(spec)
+        try:
+            return cls()
+        except TypeError as err:  # a plugin whose __init__ has required arguments
+            raise ConfigError(
+                f"Objective {spec!r} cannot be built from its name alone ({err}); select it with "
+                f"class_path: {cls.__module__}.{cls.__qualname__} and its init_args"
+            ) from err
     raise ConfigError(f"objective must be a name or an Objective instance, got {type(spec).__name__}")
