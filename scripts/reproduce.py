@@ -100,8 +100,8 @@ BUDGETS = {
         periodic=("accuracy", "entropy"),
         eval={"num_eval": 64, "k": 8, "num_sampled": 64, "max_new_tokens": 64, "num_probe": 64},
         seeds=(0, 1),
-        expected="about 4 hours on 2 CPU cores per seed (estimated from the smoke run's throughput); "
-        "minutes on one GPU",
+        expected="estimated, not measured: 2-3 hours per seed on 2 idle CPU cores (about 110 training "
+        "tokens/s), well under an hour per seed on one GPU",
     ),
     "test": Budget(  # the tiny random model: the pipeline end to end in seconds (tests)
         steps=4,
@@ -229,7 +229,55 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float
     return table
 
 
-def verdicts(table: dict, num_eval: int) -> list[tuple[str, bool, str]]:
+ACCURACY_FLOOR = 0.25  # below this for both SFT and PSFT, "matches" only means "both fail alike"
+INCONCLUSIVE = "inconclusive"
+
+
+def yes_no(shown: bool) -> str:
+    return "yes" if shown else "no"
+
+
+def caveats(claims: list[tuple[str, str, str]], table: dict, budget: Budget, ev: EvalConfig) -> list[str]:
+    """Why a claim may not show at this scale, chosen by the computed verdicts (no number typed in)."""
+    verdict = {claim[:3]: v for claim, v, _ in claims}
+    notes = [
+        f"- Scale: a 135M model, {budget.steps} optimizer steps, {budget.steps * budget.batch_size} training "
+        "examples; the paper trains 7-8B models far longer on real math data. Effects that build up over "
+        "many updates (entropy collapse under prolonged training, forgetting) are small here.",
+        f"- Noise: one question is {100 / ev.num_eval:.1f} points of in-domain accuracy"
+        + (f" and {100 / ev.num_mc:.1f} points of MC accuracy" if ev.num_mc else "")
+        + "; OOD differences of a question or two are within noise.",
+    ]
+    if verdict["(2)"] == INCONCLUSIVE:
+        notes.append(
+            "- (2) is not tested by this budget: in-domain accuracy stays below "
+            f"{ACCURACY_FLOOR:.0%} for both SFT and PSFT. The models learn the answer format first (see "
+            "the 'answer format' column) and the arithmetic later; the `full` budget trains on many more "
+            "examples."
+        )
+    if verdict["(3)"] == "yes":
+        base_d, ce_d, psft_d = (table[n]["ood/drift_nll"][0] for n in ("base", "ce", "psft"))
+        notes.append(
+            f"- (3) rests on the drift NLL: SFT moved it by {ce_d - base_d:+.3f} nats/token from the base "
+            f"model, PSFT by {psft_d - base_d:+.3f}. The multiple-choice and instruction-following scores "
+            "barely move at this budget, so they neither support nor contradict it."
+        )
+    if verdict["(4)"] == "no":
+        notes.append(
+            "- (4) fails where a row lies outside the [SFT, PSFT] interval above. A likely reason for PSFT "
+            "(warm-up): its CE steps run at the top of the learning-rate schedule, so entropy drops as fast "
+            "as under SFT before the trust region applies, and a few PSFT steps cannot bring it back."
+        )
+    if verdict["(1)"] == "no":
+        notes.append("- (1) needs more steps: the entropy curves above show where SFT and PSFT part.")
+    notes.append(
+        "- Wall times were measured while other jobs shared the CPU (see the load average above), so "
+        "they compare poorly across rows."
+    )
+    return notes
+
+
+def verdicts(table: dict, num_eval: int) -> list[tuple[str, str, str]]:
     """Each claim, whether this run shows it, and the numbers it was decided on."""
 
     def m(name: str, key: str) -> float:
@@ -239,7 +287,7 @@ def verdicts(table: dict, num_eval: int) -> list[tuple[str, bool, str]]:
     claims = [
         (
             "(1) SFT's token entropy collapses while PSFT's stays up",
-            ce_h < psft_h and ce_h < base_h,
+            yes_no(ce_h < psft_h and ce_h < base_h),
             f"probe entropy: base {base_h:.3f}, SFT {ce_h:.3f}, PSFT {psft_h:.3f} "
             "(shown if SFT < PSFT and SFT < base)",
         )
@@ -249,7 +297,7 @@ def verdicts(table: dict, num_eval: int) -> list[tuple[str, bool, str]]:
     claims.append(
         (
             "(2) PSFT matches SFT in domain",
-            psft_a >= ce_a - 2 * se,
+            INCONCLUSIVE if max(ce_a, psft_a) < ACCURACY_FLOOR else yes_no(psft_a >= ce_a - 2 * se),
             f"greedy accuracy: SFT {ce_a:.3f}, PSFT {psft_a:.3f}; shown if PSFT >= SFT - 2 SE "
             f"(SE of the difference {se:.3f} on {num_eval} questions)",
         )
@@ -260,7 +308,7 @@ def verdicts(table: dict, num_eval: int) -> list[tuple[str, bool, str]]:
     claims.append(
         (
             "(3) PSFT forgets less out of domain",
-            psft_d < ce_d,
+            yes_no(psft_d < ce_d),
             f"drift NLL on the base model's answers: SFT {ce_d:.3f}, PSFT {psft_d:.3f} (decides; lower is "
             f"less forgetting); MC acc SFT {ce_mc:.3f} vs PSFT {psft_mc:.3f}; IF strict SFT {ce_if:.3f} "
             f"vs PSFT {psft_if:.3f}",
@@ -274,7 +322,7 @@ def verdicts(table: dict, num_eval: int) -> list[tuple[str, bool, str]]:
     claims.append(
         (
             "(4) SFT-KL and PSFT (warm-up) sit between SFT and PSFT",
-            all(ok for *_, ok, _ in between),
+            yes_no(all(ok for *_, ok, _ in between)),
             "; ".join(
                 f"{LABELS[n]} {k.split('/')[1]} {v:.3f} {'in' if ok else 'outside'} [SFT, PSFT]"
                 for n, k, ok, v in between
@@ -369,8 +417,10 @@ def write_results(
         "| claim | shown here | numbers |",
         "|---|---|---|",
     ]
-    for claim, ok, detail in verdicts(table, ev.num_eval):
-        lines.append(f"| {claim} | {'yes' if ok else 'no'} | {detail} |")
+    claims = verdicts(table, ev.num_eval)
+    for claim, verdict, detail in claims:
+        lines.append(f"| {claim} | {verdict} | {detail} |")
+    lines += ["", "## Reading these numbers", "", *caveats(claims, table, budget, ev)]
     lines += [
         "",
         "## Plots",
