@@ -81,9 +81,10 @@ class StepLosses(L.Callback):
             self.val_losses[trainer.global_step] = float(trainer.callback_metrics["val/loss"])
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
-    """Run torch on one thread: for tiny models a second thread only adds contention on a busy CI box."""
+    """Run torch on one thread in every test: tiny models gain nothing from threads, and on a busy
+    2-core CI box their spin-waits cost up to 10x."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

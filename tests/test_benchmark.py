@@ -6,19 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
-import torch
-
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny model gains nothing from threads; on a busy 2-core machine their spin-waits cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def load_benchmark():

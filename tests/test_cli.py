@@ -18,7 +18,6 @@ from psft_lightning.objectives import CE, ENTRY_POINT_GROUP, KL, PSFT, PSFTWarmu
 
 TESTS = Path(__file__).resolve().parent
 TINY = str(TESTS.parent / "configs" / "tiny.yaml")
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a 2nd thread only adds contention
 PLUGINS = str(TESTS / "plugins")
 
 

@@ -18,8 +18,6 @@ from psft_lightning.errors import ConfigError
 from psft_lightning.export import export_checkpoint
 from psft_lightning.models import CHATML_TEMPLATE, load_model, load_tokenizer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
 IDS = torch.tensor([[60, 61, 62, 10, 256, 70, 80, 90, 100, 33]])

@@ -91,7 +91,7 @@ def two_process(data, tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("name", ["ce", "kl", *PSFT_VARIANTS])
-def test_two_processes_match_one_process(name, data, two_process, tmp_path, one_thread):
+def test_two_processes_match_one_process(name, data, two_process, tmp_path):
     objective = name.split("_")[0]
     one, two = run(objective, data, 1, tmp_path, **PSFT_VARIANTS.get(name, {})), two_process[name]
     assert sorted(two["train"]) == sorted(one["train"]) == list(range(len(one["train"])))

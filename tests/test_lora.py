@@ -19,8 +19,6 @@ from psft_lightning.lora import AdapterSnapshot, LoraSettings, adapters_disabled
 from psft_lightning.models import load_model
 from psft_lightning.module import PSFTModule
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 LORA = LoraSettings(r=4, alpha=8.0)
 IDS = torch.tensor([[60, 61, 62, 10, 256, 70, 80, 90, 100, 33]])
 

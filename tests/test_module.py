@@ -22,8 +22,6 @@ from psft_lightning.models import load_model
 from psft_lightning.module import REFERENCE_PREFIX, PSFTModule
 from psft_lightning.objectives import PSFTWarmup
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a 2nd thread only adds contention
-
 # four examples of very unequal length (plain prompt + completion + EOS)
 ROWS = [
     {"prompt": "ab", "completion": "c"},

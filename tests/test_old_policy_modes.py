@@ -16,15 +16,6 @@ REFRESH = 3
 STEPS = 7  # refreshes at steps 0, 3 and 6; one epoch is 6 steps (24 rows / 4 per step)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny model gains nothing from threads; on a busy 2-core machine their spin-waits cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class StepLosses(L.Callback):
     """Sum of the micro-batch losses of each optimizer step, and the old log-probs each step used."""
 

@@ -20,8 +20,6 @@ import torch
 from psft_lightning.checkpointing import AtomicCheckpointIO
 from psft_lightning.cli import main, run_cli
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
 OBJECTIVES = {
