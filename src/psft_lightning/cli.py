@@ -81,6 +81,8 @@ def check_backend(strategy) -> None:
 def run_cli(args: list[str] | None = None, run: bool = True) -> PSFTCLI:
     """Parse ``args`` (default: the command line), build the run and execute its subcommand
     (with ``run=False`` only build it: ``args`` then has no subcommand)."""
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     return PSFTCLI(
         PSFTModule,
         PSFTDataModule,
@@ -111,8 +113,6 @@ QUIET_WARNINGS = (
 def main(args: list[str] | None = None) -> None:
     """Console entry point: user errors exit with status 2 and a one-paragraph message."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for pattern in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv[:1] == ["export"]:
