@@ -68,13 +68,13 @@ class Budget:
 
 BUDGETS = {
     "smoke": Budget(
-        steps=16,
-        batch_size=6,
+        steps=32,
+        batch_size=8,
         max_length=128,
         lr=5e-5,
         refresh_every=8,
-        ce_warmup=4,
-        eval_every=4,
+        ce_warmup=8,
+        eval_every=8,
         periodic=("entropy",),
         eval={
             "num_eval": 16,
@@ -237,7 +237,9 @@ def yes_no(shown: bool) -> str:
     return "yes" if shown else "no"
 
 
-def caveats(claims: list[tuple[str, str, str]], table: dict, budget: Budget, ev: EvalConfig) -> list[str]:
+def caveats(
+    claims: list[tuple[str, str, str]], table: dict, budget: Budget, ev: EvalConfig, load: tuple[float, float]
+) -> list[str]:
     """Why a claim may not show at this scale, chosen by the computed verdicts (no number typed in)."""
     verdict = {claim[:3]: v for claim, v, _ in claims}
     notes = [
@@ -248,12 +250,21 @@ def caveats(claims: list[tuple[str, str, str]], table: dict, budget: Budget, ev:
         + (f" and {100 / ev.num_mc:.1f} points of MC accuracy" if ev.num_mc else "")
         + "; OOD differences of a question or two are within noise.",
     ]
-    if verdict["(2)"] == INCONCLUSIVE:
+    ce_a, psft_a = (table[n]["eval/accuracy"][0] for n in ("ce", "psft"))
+    if verdict["(2)"] == INCONCLUSIVE and max(ce_a, psft_a) < ACCURACY_FLOOR:
         notes.append(
             "- (2) is not tested by this budget: in-domain accuracy stays below "
             f"{ACCURACY_FLOOR:.0%} for both SFT and PSFT. The models learn the answer format first (see "
             "the 'answer format' column) and the arithmetic later; the `full` budget trains on many more "
             "examples."
+        )
+    elif verdict["(2)"] == INCONCLUSIVE:
+        notes.append(
+            f"- (2) cannot be decided on {ev.num_eval} questions: PSFT trails SFT by "
+            f"{(ce_a - psft_a) * ev.num_eval:.0f} of them, between one and two standard errors. The paper's "
+            "parity is reached after far longer training; a plausible reason for the gap here (not tested) "
+            "is that the trust region bounds how far each snapshot period moves the policy, which matters "
+            "most in a short run. The `full` budget evaluates more questions after more steps."
         )
     if verdict["(3)"] == "yes":
         base_d, ce_d, psft_d = (table[n]["ood/drift_nll"][0] for n in ("base", "ce", "psft"))
@@ -263,18 +274,34 @@ def caveats(claims: list[tuple[str, str, str]], table: dict, budget: Budget, ev:
             "barely move at this budget, so they neither support nor contradict it."
         )
     if verdict["(4)"] == "no":
+        outside = []
+        for name in ("kl", "psft_warmup"):
+            for key in ("eval/entropy", "ood/drift_nll"):
+                lo, hi = sorted(table[n][key][0] for n in ("ce", "psft"))
+                value = table[name][key][0]
+                gap = lo - value if value < lo else value - hi
+                if gap > 0:
+                    outside.append(f"{LABELS[name]} {key.split('/')[1]} by {gap:.3f}")
         notes.append(
-            "- (4) fails where a row lies outside the [SFT, PSFT] interval above. A likely reason for PSFT "
-            "(warm-up): its CE steps run at the top of the learning-rate schedule, so entropy drops as fast "
-            "as under SFT before the trust region applies, and a few PSFT steps cannot bring it back."
+            f"- (4) fails where a row lies outside the [SFT, PSFT] interval: {'; '.join(outside)}. A "
+            "plausible reason (not tested): PSFT (warm-up) takes its CE steps at the top of the "
+            "learning-rate schedule, so its trust region starts from an already SFT-like model."
         )
     if verdict["(1)"] == "no":
         notes.append("- (1) needs more steps: the entropy curves above show where SFT and PSFT part.")
-    notes.append(
-        "- Wall times were measured while other jobs shared the CPU (see the load average above), so "
-        "they compare poorly across rows."
-    )
+    if max(load) > (os.cpu_count() or 1) + 0.5:
+        notes.append(
+            "- Wall times were measured while other jobs shared the CPU (see the load average above), so "
+            "they compare poorly across rows."
+        )
     return notes
+
+
+def parity_verdict(ce_acc: float, psft_acc: float, se: float) -> str:
+    """Claim (2): parity within one standard error; a gap of one to two is noise we cannot resolve."""
+    if max(ce_acc, psft_acc) < ACCURACY_FLOOR or ce_acc - 2 * se <= psft_acc < ce_acc - se:
+        return INCONCLUSIVE
+    return yes_no(psft_acc >= ce_acc - se)
 
 
 def verdicts(table: dict, num_eval: int) -> list[tuple[str, str, str]]:
@@ -297,9 +324,10 @@ def verdicts(table: dict, num_eval: int) -> list[tuple[str, str, str]]:
     claims.append(
         (
             "(2) PSFT matches SFT in domain",
-            INCONCLUSIVE if max(ce_a, psft_a) < ACCURACY_FLOOR else yes_no(psft_a >= ce_a - 2 * se),
-            f"greedy accuracy: SFT {ce_a:.3f}, PSFT {psft_a:.3f}; shown if PSFT >= SFT - 2 SE "
-            f"(SE of the difference {se:.3f} on {num_eval} questions)",
+            parity_verdict(ce_a, psft_a, se),
+            f"greedy accuracy: SFT {ce_a:.3f}, PSFT {psft_a:.3f}; shown if PSFT >= SFT - 1 SE, "
+            f"not if PSFT < SFT - 2 SE, inconclusive between (SE of the difference {se:.3f} on "
+            f"{num_eval} questions)",
         )
     )
     ce_d, psft_d = m("ce", "ood/drift_nll"), m("psft", "ood/drift_nll")
@@ -420,7 +448,7 @@ def write_results(
     claims = verdicts(table, ev.num_eval)
     for claim, verdict, detail in claims:
         lines.append(f"| {claim} | {verdict} | {detail} |")
-    lines += ["", "## Reading these numbers", "", *caveats(claims, table, budget, ev)]
+    lines += ["", "## Reading these numbers", "", *caveats(claims, table, budget, ev, load)]
     lines += [
         "",
         "## Plots",
