@@ -228,3 +228,46 @@ def test_resume_refuses_a_checkpoint_of_another_objective_or_model(tmp_path, ari
         assert err.splitlines()[-1].startswith("psft: error: Cannot resume from"), err
         assert expected in err
     assert ckpt.read_bytes() == before
+
+
+def test_failed_sharded_checkpoint_write_keeps_previous_checkpoint(tmp_path, arithmetic_files, monkeypatch):
+    """FSDP2Strategy writes a sharded checkpoint beside its target and swaps it in when complete: a
+    write that dies half-way (here at step 2's save) leaves step 1's checkpoint whole and resumable."""
+    import lightning.pytorch.strategies.model_parallel as model_parallel
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    real_save = model_parallel._distributed_checkpoint_save
+    calls = []
+
+    def dies_on_second_save(state, path):
+        calls.append(path)
+        if len(calls) == 2:
+            (Path(path) / "__0_0.distcp").write_bytes(b"half a shard")
+            raise OSError("disk full")
+        real_save(state, path)
+
+    monkeypatch.setattr(model_parallel, "_distributed_checkpoint_save", dies_on_second_save)
+    root = tmp_path / "run"
+    args = fit_args(
+        TINY_YAML,
+        arithmetic_files,
+        root,
+        "--trainer.strategy={class_path: psft_lightning.strategies.FSDP2Strategy}",
+        "--trainer.max_steps=2",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.dirpath=" + str(root / "ckpt"),
+        "--trainer.callbacks.save_last=true",
+        "--trainer.callbacks.save_top_k=0",
+        "--trainer.callbacks.every_n_train_steps=1",
+    )
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            run_cli(["fit", *args])
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    last = root / "ckpt" / "last.ckpt"
+    assert [Path(p).name for p in calls] == ["last.ckpt.partial", "last.ckpt.partial"]
+    assert torch.load(last / "meta.pt", weights_only=False)["global_step"] == 1
+    dcp_to_torch_save(last, tmp_path / "consolidated.pt")  # every shard of step 1 is there and readable
+    assert any(k.startswith("policy.") for k in torch.load(tmp_path / "consolidated.pt")["state_dict"])

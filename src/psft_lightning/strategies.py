@@ -9,7 +9,10 @@ Lightning's.
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -42,3 +45,38 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any = None) -> None:
+        """Write a sharded checkpoint beside its target and swap it in once every rank has finished,
+        so a run killed mid-write leaves the previous checkpoint whole (Lightning writes in place)."""
+        if not self._save_distributed_checkpoint:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        path = Path(self.broadcast(filepath))
+        staging = path.with_name(path.name + ".partial")
+        if self.global_rank == 0:
+            remove(staging)  # left by a run killed mid-write
+        self.barrier("psft_checkpoint_staging")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier("psft_checkpoint_written")
+        if self.global_rank == 0:
+            swap_in(staging, path)
+        self.barrier("psft_checkpoint_swapped")
+
+
+def swap_in(staging: Path, path: Path) -> None:
+    """Replace ``path`` (file or folder) by ``staging``. Two renames: were the process killed between
+    them, the previous checkpoint is still whole under ``<name>.previous``."""
+    previous = path.with_name(path.name + ".previous")
+    remove(previous)
+    if path.exists():
+        path.rename(previous)
+    staging.rename(path)
+    remove(previous)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
