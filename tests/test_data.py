@@ -196,6 +196,16 @@ def test_json_array_rows_and_bad_row_location(tmp_path, tokenizer):
         list(read_rows(str(broken)))
 
 
+def test_pretty_printed_json_object_is_explained_not_called_a_bad_line(tmp_path):
+    path = tmp_path / "nested.json"
+    path.write_text(json.dumps({"version": 1, "data": [{"text": "one"}]}, indent=2), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}: holds one JSON object .*\['data', 'version'\]"):
+        list(read_rows(str(path)))
+    lines = tmp_path / "lines.json"  # JSON Lines content in a .json file still reads row by row
+    lines.write_text('{"text": "one"}\n{"text": "two"}\n', encoding="utf-8")
+    assert [where for _, where in read_rows(str(lines))] == [f"{lines}:1", f"{lines}:2"]
+
+
 def test_parquet_rows_and_bad_row_location(tmp_path):
     import datasets
 

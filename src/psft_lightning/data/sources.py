@@ -28,6 +28,8 @@ def _json_rows(path: str) -> Iterator[Row]:
         for i, row in enumerate(rows):
             yield row, f"{path} row {i}"
         return
+    if path.endswith(".json") and stripped.startswith("{") and "\n" in stripped.rstrip():
+        _refuse_single_object(path, text)
     # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 etc., which JSON strings
     # may hold unescaped. Universal newlines already turned "\r\n" and "\r" into "\n".
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -40,6 +42,20 @@ def _json_rows(path: str) -> Iterator[Row]:
                 f"{path}:{lineno}: malformed JSON line ({err.msg} at column {err.colno}): {line[:80]!r}"
             ) from err
         yield row, f"{path}:{lineno}"
+
+
+def _refuse_single_object(path: str, text: str) -> None:
+    """A pretty-printed JSON object is neither an array of rows nor JSON Lines: say so, not 'line 1'."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return  # not one object: JSON Lines parsing reports the first bad line
+    if isinstance(whole, dict):
+        raise DataError(
+            f"{path}: holds one JSON object spanning several lines (keys {sorted(whole)[:8]}), not rows. "
+            "Use a JSON array of row objects, or JSON Lines (.jsonl, one row object per line); if the "
+            "rows sit under one key, save that list on its own."
+        )
 
 
 def _dataset_rows(dataset, name: str) -> Iterator[Row]:
