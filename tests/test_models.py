@@ -77,6 +77,14 @@ def test_missing_path_or_unknown_name_is_a_config_error(name, message):
             load(name)
 
 
+def test_missing_model_under_a_local_directory_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(ConfigError, match=r"Unknown model 'runs/model': no such local directory"):
+            load("runs/model")
+
+
 def test_directory_without_a_model_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=rf"Cannot load model '{tmp_path}'"):
         load_model(str(tmp_path))

@@ -79,8 +79,14 @@ def _pretrained_kwargs(name: str) -> tuple[str, dict]:
 
 
 def _is_hub_id(name: str) -> bool:
-    """``org/name`` and nothing that can only be a path (absolute, ``./``, ``~``, deeper nesting)."""
-    return name.count("/") == 1 and not name.startswith(("/", ".", "~")) and "\\" not in name
+    """``org/name`` and nothing that can only be a path (absolute, ``./``, ``~``, deeper nesting, or
+    ``dir/name`` where ``dir`` is a local directory, e.g. ``runs/model``)."""
+    return (
+        name.count("/") == 1
+        and not name.startswith(("/", ".", "~"))
+        and "\\" not in name
+        and not os.path.isdir(name.split("/")[0])
+    )
 
 
 @lru_cache(maxsize=8)
