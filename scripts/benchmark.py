@@ -464,9 +464,10 @@ def markdown(report: dict) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `scripts/benchmark.py` (edit the script, not this file). The targets and cases",
-        "below come from one run on the same synthetic token data: cases ran one after another, each",
-        "in a fresh process; the variants of one case (CE/PSFT/KL, padded/packed) share its process and",
+        "The Targets, Cases and Notes sections are written by `scripts/benchmark.py` from one run on",
+        "the same synthetic token data (sections after them record other runs): cases ran one after",
+        "another, each in a fresh process; the variants of one case (CE/PSFT/KL, padded/packed) share",
+        "its process and",
         "are timed round-robin. Step time is the median wall-clock optimizer step after warm-up;",
         "tokens/s counts real input tokens (no padding); memory is the peak RSS of the process during",
         "the measured steps (CPU) or `torch.cuda.max_memory_allocated` (CUDA).",
