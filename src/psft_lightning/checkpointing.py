@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,25 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_path(new: Path, target: Path) -> None:
+    """Move ``new`` (file or folder) to ``target``. An existing ``target`` is set aside and removed only
+    once ``new`` is in place: were the process killed between the two renames, it is still whole as
+    ``.<name>.old-<pid>``."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    remove_path(old)
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or a folder tree, if it exists."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def use_atomic_checkpoints(trainer: L.Trainer) -> None:

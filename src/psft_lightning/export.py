@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from psft_lightning.checkpointing import replace_path
 from psft_lightning.errors import ConfigError
 from psft_lightning.lora import apply_lora, lora_settings
 from psft_lightning.models import load_model, load_tokenizer
@@ -178,22 +179,11 @@ def export_checkpoint(
         else:
             _write_model(wrapper.merge_and_unload() if wrapper is not None else policy, tokenizer, tmp)
         tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, out_dir)
+        replace_path(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s to %s", checkpoint, out_dir)
     return out_dir
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an existing ``target`` is removed only after ``new`` is complete."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, target)
 
 
 def export_main(args: list[str]) -> Path:

@@ -9,13 +9,14 @@ Lightning's.
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
+
+from psft_lightning.checkpointing import remove_path, replace_path
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -55,28 +56,10 @@ class FSDP2Strategy(ModelParallelStrategy):
         path = Path(self.broadcast(filepath))
         staging = path.with_name(path.name + ".partial")
         if self.global_rank == 0:
-            remove(staging)  # left by a run killed mid-write
+            remove_path(staging)  # left by a run killed mid-write
         self.barrier("psft_checkpoint_staging")
         super().save_checkpoint(checkpoint, staging, storage_options)
         self.barrier("psft_checkpoint_written")
         if self.global_rank == 0:
-            swap_in(staging, path)
+            replace_path(staging, path)
         self.barrier("psft_checkpoint_swapped")
-
-
-def swap_in(staging: Path, path: Path) -> None:
-    """Replace ``path`` (file or folder) by ``staging``. Two renames: were the process killed between
-    them, the previous checkpoint is still whole under ``<name>.previous``."""
-    previous = path.with_name(path.name + ".previous")
-    remove(previous)
-    if path.exists():
-        path.rename(previous)
-    staging.rename(path)
-    remove(previous)
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from psft_lightning.checkpointing import rng_states, set_rng_states
+
 
 @contextmanager
 def isolated(model: nn.Module, seed: int) -> Iterator[None]:
@@ -20,10 +22,9 @@ def isolated(model: nn.Module, seed: int) -> Iterator[None]:
     without, and sampled metrics do not depend on when they were taken.
     """
     was_training = model.training
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    states = rng_states()
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with torch.no_grad():
             torch.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
@@ -31,5 +32,4 @@ def isolated(model: nn.Module, seed: int) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
+        set_rng_states(states)
