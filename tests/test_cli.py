@@ -41,8 +41,9 @@ def args(tmp_path, arithmetic_files):
     ]
 
 
-def scalars(root, version: int = 0) -> dict[str, dict[int, float]]:
-    (event_file,) = glob.glob(f"{root}/tiny/version_{version}/events.out.tfevents.*")
+def scalars(root, version: int = 0, run: int = 0) -> dict[str, dict[int, float]]:
+    """Scalars of the ``run``-th process that logged into ``version_<version>`` (a resume logs there too)."""
+    event_file = sorted(glob.glob(f"{root}/tiny/version_{version}/events.out.tfevents.*"))[run]
     acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
@@ -76,7 +77,9 @@ def test_validate_and_resume_from_a_checkpoint(tmp_path, args):
     assert float(validate.trainer.callback_metrics["val/loss"]) == pytest.approx(fitted, rel=1e-5)
     resumed = run_cli(["fit", *args, "--model.objective=ce", "--trainer.max_steps=3", f"--ckpt_path={last}"])
     assert resumed.trainer.global_step == 3
-    assert sorted(scalars(tmp_path, version=2)["train/loss"]) == [3]  # optimizer steps completed
+    # the resumed run logs into the checkpoint's version folder: optimizer steps completed on the x-axis
+    assert sorted(scalars(tmp_path, version=0, run=-1)["train/loss"]) == [3]
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["version_0", "version_1"]  # 1: validate
 
 
 def test_print_config_is_complete_and_runs_again(tmp_path, args, capsys):

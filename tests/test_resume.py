@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from psft_lightning.checkpointing import AtomicCheckpointIO
+from psft_lightning.checkpointing import PREEMPTED_EXIT_CODE, AtomicCheckpointIO, Preempted
 from psft_lightning.cli import main, run_cli
 
 TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
@@ -74,9 +74,14 @@ class Recorder(L.Callback):
 
 
 def run(args: list[str], recorder: Recorder, ckpt_path: str | None = None) -> L.Trainer:
+    """Fit; a run the recorder SIGTERMs must stop with Preempted (the CLI's exit 143), others finish."""
     cli = run_cli(args, run=False)
     cli.trainer.callbacks.append(recorder)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    if recorder.sigterm_at is None:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    else:
+        with pytest.raises(Preempted):
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     return cli.trainer
 
 
@@ -112,7 +117,7 @@ def test_stop_and_resume_equals_straight_run(objective, tmp_path, arithmetic_fil
 
 def test_sigterm_subprocess_saves_last_checkpoint_and_resumes(tmp_path, arithmetic_files):
     """``psft fit`` killed with SIGTERM (mid gradient accumulation) saves last.ckpt at the next step
-    boundary and exits cleanly; ``--ckpt_path`` continues from that step."""
+    boundary and exits with 143; ``--ckpt_path`` continues from that step."""
     steps_dir = tmp_path / "steps"
     callbacks = tmp_path / "callbacks.yaml"
     callbacks.write_text(
@@ -140,8 +145,8 @@ def test_sigterm_subprocess_saves_last_checkpoint_and_resumes(tmp_path, arithmet
         output, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 0, output
-    assert "resume with --ckpt_path" in output
+    assert proc.returncode == PREEMPTED_EXIT_CODE, output
+    assert "resume with --ckpt_path last" in output
     last = steps_dir / "last.ckpt"
     stopped_at = torch.load(last, weights_only=True)["global_step"]
     assert 2 <= stopped_at < 100000

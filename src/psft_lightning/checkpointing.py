@@ -140,12 +140,32 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], ckpt_path: s
 
 
 # -------------------------------------------------------------------------------------- SIGTERM
-class CheckpointOnSignal(L.Callback):
-    """On SIGTERM, finish the current optimizer step, save ``last.ckpt`` and stop training cleanly.
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
-    Resume with ``psft fit ... --ckpt_path <that file>`` (or ``--ckpt_path last``). Replaces
-    Lightning's own SIGTERM handling during fit, which exits after the current micro-batch (possibly
-    mid gradient accumulation) without saving. Under several processes the stop is agreed by all ranks.
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM (after saving ``checkpoint``, if any): the CLI exits with 143, so a
+    scheduler or a retry wrapper can tell preemption from completion."""
+
+    def __init__(self, step: int, checkpoint: str | None) -> None:
+        self.step = step
+        self.checkpoint = checkpoint
+        saved = (
+            f"saved {checkpoint}; resume with --ckpt_path last (or {checkpoint})"
+            if checkpoint
+            else "nothing was saved: training had not started"
+        )
+        super().__init__(f"stopped by SIGTERM at step {step}: {saved}")
+
+
+class CheckpointOnSignal(L.Callback):
+    """On SIGTERM, finish the current optimizer step, save ``last.ckpt`` and stop at once.
+
+    The stop is a :class:`Preempted` exception: no validation and no second checkpoint follow, and the
+    ``psft`` command exits with status 143. A SIGTERM before training starts (during the sanity
+    validation) stops the same way without a checkpoint. Replaces Lightning's own SIGTERM handling
+    during fit, which exits after the current micro-batch (possibly mid gradient accumulation) without
+    saving. Under several processes the stop is agreed by all ranks.
     """
 
     def __init__(self, signum: int = signal.SIGTERM) -> None:
@@ -158,11 +178,19 @@ class CheckpointOnSignal(L.Callback):
         log.warning("received signal %d: saving a checkpoint at the end of this optimizer step", signum)
         self.received = True
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = False
-        self._previous = signal.signal(self.signum, self._handler)
+        self.saved_path = None
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _install(self) -> None:
+        """Replace the handler Lightning registers after ``on_fit_start`` (once per fit)."""
+        if self._previous is None:
+            self._previous = signal.signal(self.signum, self._handler)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handler()
 
     def on_exception(
@@ -182,13 +210,42 @@ class CheckpointOnSignal(L.Callback):
             return os.path.join(callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
         return os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
 
+    def _agreed(self, trainer: L.Trainer) -> bool:
+        return trainer.strategy.reduce_boolean_decision(self.received, all=False)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, *args) -> None:
+        if trainer.sanity_checking and self._agreed(trainer):
+            raise Preempted(trainer.global_step, None)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+        if self._agreed(trainer):
+            raise Preempted(trainer.global_step, None)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
-            return  # not an optimizer-step boundary
-        if not trainer.strategy.reduce_boolean_decision(self.received, all=False):
+        if (batch_idx + 1) % trainer.accumulate_grad_batches != 0 or self.saved_path is not None:
+            return  # not an optimizer-step boundary, or saved already
+        if not self._agreed(trainer):
             return
         path = self.last_path(trainer)
         trainer.save_checkpoint(path)
         self.saved_path = path
-        log.warning("saved %s at step %d; resume with --ckpt_path %s", path, trainer.global_step, path)
-        trainer.should_stop = True
+        callback = trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint) and os.path.dirname(path) == callback.dirpath:
+            callback.last_model_path = path  # its own save_last overwrites this file, no last-v1.ckpt
+
+    # The stop comes once the step's metrics are logged and before anything else runs: the next step,
+    # a validation, or the epoch-end checkpoint. A run whose last step it was simply completes.
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        self._stop_if_saved(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._stop_if_saved(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_saved(trainer)
+
+    def _stop_if_saved(self, trainer: L.Trainer) -> None:
+        if self.saved_path is not None:
+            raise Preempted(trainer.global_step, self.saved_path)

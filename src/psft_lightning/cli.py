@@ -9,18 +9,43 @@ Problems with the user's data or settings are printed as one paragraph, without 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from psft_lightning.checkpointing import CheckpointOnSignal, use_atomic_checkpoints
+from psft_lightning.checkpointing import (
+    PREEMPTED_EXIT_CODE,
+    CheckpointOnSignal,
+    Preempted,
+    use_atomic_checkpoints,
+)
 from psft_lightning.data import PSFTDataModule
 from psft_lightning.errors import ConfigError, PSFTError
 from psft_lightning.module import PSFTModule
-from psft_lightning.objectives import available_objectives
+from psft_lightning.objectives import available_objectives, objective_class
+from psft_lightning.resume import resolve_checkpoint
+
+
+class PSFTArgumentParser(LightningArgumentParser):
+    """Adds what to write instead to jsonargparse's message for hyper-parameters of a bare name."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if "objective" in message and "NestedArg" in message:
+            message += OBJECTIVE_ARGS_HINT
+        return super().error(message, ex)
+
+
+OBJECTIVE_ARGS_HINT = (
+    "\nAn objective given by its registered name (objective: kl) takes no init_args in a config file. "
+    "To set its hyper-parameters give its class: objective: {class_path: psft_lightning.objectives.KL, "
+    "init_args: {beta: 0.2}}; on the command line --model.objective kl --model.objective.init_args.beta 0.2 "
+    "works as written. `psft fit --print_config` shows the class paths."
+)
 
 
 class PSFTCLI(LightningCLI):
@@ -36,6 +61,9 @@ class PSFTCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         available_objectives()  # import entry-point plugins so their classes resolve by class_path
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        check_data_paths(cfg)
+        resolve_checkpoint(cfg, fitting=self.subcommand == "fit")
 
     def _parse_ckpt_path(self) -> None:
         """Keep the run's own config with ``--ckpt_path``: Lightning would re-parse the checkpoint's
@@ -78,6 +106,57 @@ def check_backend(strategy) -> None:
         )
 
 
+def check_data_paths(cfg) -> None:
+    """Relative data paths resolve from the working directory (as on the command line); a missing one is
+    explained at once, with where it exists relative to a ``--config`` file's folders, if anywhere."""
+    configs = [Path(getattr(path, "absolute", path)) for path in cfg.get("config") or []]
+    for key in ("train_files", "val_files"):
+        paths = cfg.data.get(key) or []
+        for path in [paths] if isinstance(paths, str) else paths:
+            if Path(path).is_absolute() or Path(path).exists():
+                continue
+            near = [
+                folder
+                for config in configs
+                for folder in (config.parent, *config.parent.parents)
+                if (folder / path).exists()
+            ]
+            hint = f"; it exists under {near[0]}: run psft from there, or give the full path" if near else ""
+            raise ConfigError(
+                f"data.{key}: {path} not found. Relative paths resolve from the working directory "
+                f"({os.getcwd()}), not from the config file{hint}"
+            )
+
+
+def rewrite_objective_names(argv: list[str]) -> list[str]:
+    """``--model.objective kl`` becomes the class path of ``kl``, so ``--model.objective.init_args.*``
+    (a short name with hyper-parameters) applies to it as it would to ``class_path``."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--model.objective="):
+            name, prefix = arg.split("=", 1)[1], "--model.objective="
+        elif arg == "--model.objective" and i + 1 < len(out):
+            name, prefix, i = out[i + 1], "", i + 1
+        else:
+            continue
+        if name in available_objectives():
+            cls = objective_class(name)
+            out[i] = f"{prefix}{cls.__module__}.{cls.__qualname__}"
+    return out
+
+
+def user_error(err: BaseException) -> PSFTError | None:
+    """The PSFTError behind ``err``: jsonargparse wraps errors raised while it builds a plugin, a callback
+    or the data module in a ValueError of its own; the first user error in the chain is the message."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, PSFTError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def run_cli(args: list[str] | None = None, run: bool = True) -> PSFTCLI:
     """Parse ``args`` (default: the command line), build the run and execute its subcommand
     (with ``run=False`` only build it: ``args`` then has no subcommand)."""
@@ -87,6 +166,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> PSFTCLI:
         PSFTModule,
         PSFTDataModule,
         seed_everything_default=0,
+        parser_class=PSFTArgumentParser,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": DESCRIPTION},
         trainer_defaults={"callbacks": [CheckpointOnSignal()]},
@@ -120,9 +200,18 @@ def main(args: list[str] | None = None) -> None:
 
             export_main(argv[1:])
         else:
-            run_cli(None if args is None else argv)  # None: LightningCLI warns when given sys.argv
-    except PSFTError as err:
-        print(f"psft: error: {err}", file=sys.stderr)
+            rewritten = rewrite_objective_names(argv)
+            if args is None and rewritten != argv:
+                sys.argv[1:] = rewritten
+            run_cli(None if args is None else rewritten)  # None: LightningCLI warns when given sys.argv
+    except Preempted as stop:
+        print(f"psft: {stop}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except Exception as err:
+        problem = user_error(err)
+        if problem is None:
+            raise
+        print(f"psft: error: {problem}", file=sys.stderr)
         sys.exit(2)
 
 

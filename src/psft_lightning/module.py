@@ -40,6 +40,7 @@ from psft_lightning.sharding import (
 log = logging.getLogger(__name__)
 
 REFERENCE_PREFIX = "reference."
+SCHEDULE_KEY = "psft_schedule_total_steps"
 
 
 def frozen(model: nn.Module) -> nn.Module:
@@ -115,6 +116,9 @@ class PSFTModule(L.LightningModule):
         self._val_sums: Tensor | None = None
         self._last_step_end: float | None = None
         self._restored_rng: dict | None = None
+        self._checkpoint_step: int | None = None
+        self._schedule_total: int | None = None
+        self._saved_schedule_total: int | None = None
         self._register_state_dict_hook(_drop_reference)
         self.register_load_state_dict_pre_hook(_keep_reference)
 
@@ -381,16 +385,47 @@ class PSFTModule(L.LightningModule):
         if self._restored_rng is not None:  # now, after the sanity check's draws, not at load time
             set_rng_states(self._restored_rng)
             self._restored_rng = None
+        if self._saved_schedule_total not in (None, self._schedule_total):
+            self._follow_new_horizon(self._saved_schedule_total)
+        self._saved_schedule_total = None
+
+    def _follow_new_horizon(self, saved_total: int) -> None:
+        """A run resumed with another ``max_steps``: the lr schedule follows the new horizon from the
+        first resumed step on (not the old one for a step and then the new one), and says so."""
+        scheduler = self.lr_schedulers()
+        step = scheduler.last_epoch
+        old_lr = scheduler.get_last_lr()[0]
+        lrs = [
+            base * factor(step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+        ]
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
+        if self.trainer.is_global_zero and self.hparams.schedule != "constant":
+            log.warning(
+                "resumed at step %d with a schedule over %d steps; the checkpoint's schedule was over %d. "
+                "The %s schedule now follows the new horizon: lr %.3g -> %.3g at step %d.",
+                step,
+                self._schedule_total,
+                saved_total,
+                self.hparams.schedule,
+                old_lr,
+                lrs[0],
+                step,
+            )
 
     # ----------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[RNG_KEY] = rng_states()
+        checkpoint[SCHEDULE_KEY] = self._schedule_total
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another objective or model; keep its RNG state for on_train_start."""
         ckpt_path = self._trainer.ckpt_path if self._trainer is not None else None
         check_resumable(checkpoint.get("hyper_parameters", {}), dict(self.hparams), ckpt_path)
         self._restored_rng = checkpoint.get(RNG_KEY)
+        self._checkpoint_step = checkpoint.get("global_step")
+        self._saved_schedule_total = checkpoint.get(SCHEDULE_KEY)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
@@ -424,14 +459,19 @@ class PSFTModule(L.LightningModule):
         if self.trainer.sanity_checking:
             # a full pre-training pass (num_sanity_val_steps: -1) is the step-0 baseline of the curve
             if self.trainer.num_sanity_val_steps == float("inf") and self.logger is not None:
-                self.logger.log_metrics(metrics, step=0)
-                log.info("step 0 (before training): %s", _fmt(metrics))
+                self.logger.log_metrics(metrics, step=self.global_step)  # 0 unless resumed
+                if self.trainer.is_global_zero:
+                    when = "before training" if self.global_step == 0 else "on resume"
+                    log.info("step %d (%s): %s", self.global_step, when, _fmt(metrics))
             return
         for name, value in metrics.items():
             self.log(name, value, prog_bar=name == "val/loss", sync_dist=False)
-        if self.trainer.state.fn == "fit":  # x-axis = optimizer steps taken, as for the step-0 baseline
+        fitting = self.trainer.state.fn == "fit"
+        if fitting:  # x-axis = optimizer steps taken, as for the step-0 baseline
             self.log("step", float(self.global_step), sync_dist=False)
-        log.info("step %d: %s", self.global_step, _fmt(metrics))
+        if self.trainer.is_global_zero:
+            step = self.global_step if fitting or self._checkpoint_step is None else self._checkpoint_step
+            log.info("step %d: %s", step, _fmt(metrics))
 
     # ------------------------------------------------------------------------------- optimizer
     def configure_optimizers(self):
@@ -446,6 +486,7 @@ class PSFTModule(L.LightningModule):
         ]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         total = int(self.trainer.estimated_stepping_batches)
+        self._schedule_total = total
         factor = partial(
             lr_factor,
             warmup_steps=hp.warmup_steps,

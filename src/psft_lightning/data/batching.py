@@ -17,7 +17,7 @@ import torch
 
 from psft_lightning.data.collate import collate, collate_packed
 from psft_lightning.data.formats import Example
-from psft_lightning.errors import DataError
+from psft_lightning.errors import ConfigError, DataError
 
 BUCKET_WINDOW_STEPS = 32
 
@@ -31,6 +31,29 @@ class StepShape:
     @property
     def examples_per_step(self) -> int:
         return self.micro_batch_size * self.accumulate * self.world_size
+
+
+def check_step_fits(num_examples: int, shape: StepShape) -> None:
+    """At least one whole optimizer step of examples (an incomplete last step is dropped)."""
+    if num_examples < shape.examples_per_step:
+        raise DataError(
+            f"{num_examples} training examples cannot fill one optimizer step of "
+            f"{shape.examples_per_step} (micro-batch {shape.micro_batch_size} x accumulate "
+            f"{shape.accumulate} x {shape.world_size} ranks); lower data.batch_size or add data."
+        )
+
+
+def check_val_interval(num_examples: int, shape: StepShape, val_check_interval, every_n_epochs) -> None:
+    """Lightning counts an integer ``val_check_interval`` in micro-batches *within* an epoch unless
+    ``check_val_every_n_epoch`` is null, and fails only once training starts: check it up front."""
+    batches = num_examples // shape.examples_per_step * shape.accumulate
+    if isinstance(val_check_interval, int) and every_n_epochs is not None and val_check_interval > batches:
+        raise ConfigError(
+            f"trainer.val_check_interval={val_check_interval} is more than the {batches} training "
+            f"micro-batches of one epoch ({num_examples} examples, {shape.examples_per_step} per optimizer "
+            f"step). Set trainer.check_val_every_n_epoch: null to count the interval across epochs (as the "
+            f"shipped configs do), or lower trainer.val_check_interval to at most {batches}."
+        )
 
 
 def plan_epoch(
@@ -96,12 +119,7 @@ class StepBatches:
         pack_length: int | None = None,
         bucketing: bool = False,
     ) -> None:
-        if len(examples) < shape.examples_per_step:
-            raise DataError(
-                f"{len(examples)} training examples cannot fill one optimizer step of "
-                f"{shape.examples_per_step} (micro-batch {shape.micro_batch_size} x accumulate "
-                f"{shape.accumulate} x {shape.world_size} ranks); lower data.batch_size or add data."
-            )
+        check_step_fits(len(examples), shape)
         self.examples = examples
         self.shape = shape
         self.pad_id = pad_id

@@ -10,7 +10,7 @@ from typing import Literal
 import lightning as L
 from torch.utils.data import DataLoader
 
-from psft_lightning.data.batching import StepBatches, StepShape
+from psft_lightning.data.batching import StepBatches, StepShape, check_step_fits, check_val_interval
 from psft_lightning.data.collate import collate
 from psft_lightning.data.formats import IGNORE_INDEX, Example, Fields, Format, row_to_example
 from psft_lightning.data.sources import read_rows
@@ -207,6 +207,13 @@ class PSFTDataModule(L.LightningDataModule):
         if self.max_val_examples:
             self.val_examples = self.val_examples[: self.max_val_examples]
         self.train_examples = examples
+        trainer = self.trainer
+        if stage == "fit" and trainer is not None:  # before any model work, not after validation
+            shape = self._shape()
+            check_step_fits(len(examples), shape)
+            check_val_interval(
+                len(examples), shape, trainer.val_check_interval, trainer.check_val_every_n_epoch
+            )
         n_tokens = sum(len(e.input_ids) for e in examples)
         log.info(
             "train: %d examples, %d tokens (%d loss tokens); validation: %d examples",
