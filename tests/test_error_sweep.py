@@ -1,0 +1,250 @@
+"""Every place that raises a ConfigError or DataError reaches the user as one ``psft: error:`` line
+with exit status 2, never as a traceback, whichever phase it runs in: while jsonargparse builds a
+plugin, callback or the data module (it wraps errors in its own ValueError), in a Lightning hook, in a
+callback, on resume, in ``psft export`` or in the evaluation suite.
+
+The sites are found in the source (AST), so a new raise site without a route here fails the test. Each
+case replaces the function that holds the site with one that raises a ConfigError naming it, then runs
+the ``psft`` entry point with arguments that reach that function; the probe message must come out.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+
+import psft_lightning
+from psft_lightning.cli import main
+from psft_lightning.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = Path(psft_lightning.__file__).parent
+TINY = str(REPO / "configs" / "tiny.yaml")
+PLUGINS = str(REPO / "tests" / "plugins")
+RAISED = ("ConfigError", "DataError")
+
+
+def raise_sites() -> set[str]:
+    """``module:Qualified.function`` of every function that raises a ConfigError or DataError."""
+    sites = set()
+    for file in sorted(SRC.rglob("*.py")):
+        module = ".".join(("psft_lightning", *file.relative_to(SRC).with_suffix("").parts))
+        module = module.removesuffix(".__init__")
+
+        def visit(node: ast.AST, scope: list[str], module: str = module) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    visit(child, [*scope, child.name])
+                    continue
+                if isinstance(child, ast.Raise) and isinstance(child.exc, ast.Call):
+                    func = child.exc.func
+                    if isinstance(func, ast.Name) and func.id in RAISED:
+                        sites.add(f"{module}:{'.'.join(scope)}")
+                visit(child, scope)
+
+        visit(ast.parse(file.read_text(encoding="utf-8")), [])
+    return sites
+
+
+# arguments that reach each function (after a tiny one-step fit's own arguments, or instead of them)
+ROUTES = {
+    "fit": [],
+    "name": ["--model.objective=ce"],
+    "kl": ["--model.objective=kl"],
+    "warmup": ["--model.objective=psft_warmup"],
+    "lookahead": ["--config={lookahead}"],
+    "lora": ["--model.lora={r: 4}"],
+    "packing": ["--data.packing=true"],
+    "messages": ["--data.train_files=[{messages}]", "--data.val_files=[{messages}]"],
+    "json": ["--data.train_files=[{json_object}]"],
+    "fsdp": ["--trainer.strategy={class_path: psft_lightning.strategies.FSDP2Strategy}"],
+    "plugin": ["--model.objective=psft_registered.Registered"],
+    "embedded": ["--model.model=smollm2-135m-instruct"],
+    "hub": ["--model.model=no-such-org/no-such-model"],
+    "resume": ["--ckpt_path={checkpoint}"],
+    "resume_lora": ["--model.lora={r: 4}", "--ckpt_path={lora_checkpoint}"],
+    "last": ["--ckpt_path=last"],
+    "eval": [
+        "--trainer.callbacks+=psft_lightning.callbacks.GenerationEval",
+        "--trainer.callbacks.start=[accuracy,mc,if]",
+        "--trainer.callbacks.config.num_eval=2",
+        "--trainer.callbacks.config.num_mc=2",
+        "--trainer.callbacks.config.num_if=2",
+        "--trainer.callbacks.config.max_new_tokens=2",
+        "--trainer.callbacks.config.if_max_new_tokens=2",
+    ],
+    "export": ["export", "{checkpoint}", "{out}"],
+    "export_sharded": ["export", "{sharded_checkpoint}", "{out}"],
+}
+
+SITES = {
+    "psft_lightning.callbacks.old_policy:OldPolicy.__init__": "fit",
+    "psft_lightning.callbacks.old_policy:OldPolicy.look_ahead": "lookahead",
+    "psft_lightning.callbacks.old_policy:OldPolicy._apply": "resume",
+    "psft_lightning.checkpointing:check_resumable": "resume",
+    "psft_lightning.cli:PSFTCLI.instantiate_trainer": "fit",
+    "psft_lightning.cli:check_backend": "fit",
+    "psft_lightning.cli:check_data_paths": "fit",
+    "psft_lightning.data.batching:check_step_fits": "fit",
+    "psft_lightning.data.batching:check_val_interval": "fit",
+    "psft_lightning.data.datamodule:fit_length": "fit",
+    "psft_lightning.data.datamodule:PSFTDataModule.__init__": "fit",
+    "psft_lightning.data.datamodule:PSFTDataModule.load_examples": "fit",
+    "psft_lightning.data.formats:detect_format": "fit",
+    "psft_lightning.data.formats:_string_field": "fit",
+    "psft_lightning.data.formats:_messages_field": "messages",
+    "psft_lightning.data.formats:_chat_example": "fit",
+    "psft_lightning.data.formats:row_to_example": "fit",
+    "psft_lightning.data.sources:_json_rows": "fit",
+    "psft_lightning.data.sources:_refuse_single_object": "json",
+    "psft_lightning.data.sources:read_rows": "fit",
+    "psft_lightning.evaluation.constraints:validate_checks": "eval",
+    "psft_lightning.evaluation.ood:_field": "eval",
+    "psft_lightning.evaluation.ood:load_mc": "eval",
+    "psft_lightning.evaluation.suite:check_groups": "eval",
+    "psft_lightning.evaluation.suite:EvalSuite.__init__": "eval",
+    "psft_lightning.evaluation.suite:EvalSuite.rows": "eval",
+    "psft_lightning.export:_load_torch_file": "export",
+    "psft_lightning.export:_hparams": "export",
+    "psft_lightning.export:read_checkpoint": "export",
+    "psft_lightning.export:_load_sharded": "export_sharded",
+    "psft_lightning.export:rebuild_policy": "export",
+    "psft_lightning.export:_prepare_out_dir": "export",
+    "psft_lightning.export:export_checkpoint": "export",
+    "psft_lightning.lora:LoraSettings.__post_init__": "lora",
+    "psft_lightning.lora:lora_settings": "lora",
+    "psft_lightning.lora:_import_peft": "lora",
+    "psft_lightning.lora:apply_lora": "lora",
+    "psft_lightning.lora:AdapterSnapshot.load_state_dict": "resume_lora",
+    "psft_lightning.models:_embedded_location": "embedded",
+    "psft_lightning.models:_pretrained_kwargs": "hub",
+    "psft_lightning.models:load_tokenizer": "fit",
+    "psft_lightning.models:load_model": "fit",
+    "psft_lightning.models:tiny_model": "fit",
+    "psft_lightning.models:backbone_and_head": "fit",
+    "psft_lightning.models:check_packed_attention": "packing",
+    "psft_lightning.module:PSFTModule.__init__": "fit",
+    "psft_lightning.module:PSFTModule.configure_model": "fit",
+    "psft_lightning.module:PSFTModule._check_strategy": "fit",
+    "psft_lightning.module:PSFTModule._sharder": "fsdp",
+    "psft_lightning.module:PSFTModule.training_step": "fit",
+    "psft_lightning.objectives.base:register_objective.wrap": "plugin",
+    "psft_lightning.objectives.base:_load_entry_points": "fit",
+    "psft_lightning.objectives.base:objective_class": "name",
+    "psft_lightning.objectives.base:build_objective": "fit",
+    "psft_lightning.objectives.kl:KL.__init__": "kl",
+    "psft_lightning.objectives.psft:check_clip": "fit",
+    "psft_lightning.objectives.psft_warmup:PSFTWarmup.__init__": "warmup",
+    "psft_lightning.resume:_newest_last": "last",
+    "psft_lightning.sharding:decoder_layers": "fsdp",
+}
+
+
+def test_every_raise_site_has_a_route():
+    assert raise_sites() == set(SITES), "add each new ConfigError/DataError site to SITES with a route"
+
+
+def fit_args(root: Path, files: dict[str, str]) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        TINY,
+        f"--data.train_files=[{files['train']}]",
+        f"--data.val_files=[{files['val']}]",
+        "--data.batch_size=2",
+        "--data.max_length=128",
+        "--trainer.max_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.num_sanity_val_steps=0",
+        f"--trainer.default_root_dir={root}",
+        f"--trainer.logger.init_args.save_dir={root}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    """Small data files, and checkpoints (plain, LoRA, sharded) for the resume and export routes."""
+    root = tmp_path_factory.mktemp("sweep")
+    lines = (REPO / "data" / "arithmetic" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    paths = {"train": root / "train.jsonl", "val": root / "val.jsonl", "messages": root / "messages.jsonl"}
+    paths["train"].write_text("\n".join(lines[:8]) + "\n", encoding="utf-8")
+    paths["val"].write_text("\n".join(lines[8:12]) + "\n", encoding="utf-8")
+    chat = '{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}\n'
+    paths["messages"].write_text(chat * 8, encoding="utf-8")
+    paths["json_object"] = root / "object.json"
+    paths["json_object"].write_text('{\n  "question": "2+2?",\n  "answer": "4"\n}\n', encoding="utf-8")
+    paths["lookahead"] = root / "lookahead.yaml"
+    paths["lookahead"].write_text(
+        "trainer:\n  callbacks:\n    - class_path: psft_lightning.callbacks.OldPolicy\n"
+        "      init_args: {refresh_every_n_steps: 2, mode: lookahead}\n",
+        encoding="utf-8",
+    )
+    out = {name: str(path) for name, path in paths.items()}
+    for name, extra in (
+        ("checkpoint", []),
+        ("lora_checkpoint", ["--model.lora={r: 4}"]),
+        ("sharded_checkpoint", ROUTES["fsdp"]),
+    ):
+        run_root = root / name
+        assert exit_code([*fit_args(run_root, out), *extra]) == 0
+        out[name] = str(run_root / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    return out
+
+
+def exit_code(args: list[str]) -> int:
+    """Run the ``psft`` entry point in this process; its exit status."""
+    try:
+        main(args)
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def fill(arg: str, values: dict[str, str]) -> str:
+    for name, value in values.items():
+        arg = arg.replace("{" + name + "}", value)
+    return arg
+
+
+def patch_everywhere(monkeypatch, site: str) -> None:
+    """Replace the function holding ``site`` (in its module and wherever it was imported by name)."""
+    module_name, qualname = site.split(":")
+    parts = qualname.split(".")
+    if parts[-1] == "wrap":  # a closure: replace the function that makes it
+        parts = parts[:-1]
+    owner = sys.modules.get(module_name) or __import__(module_name, fromlist=["_"])
+    for part in parts[:-1]:
+        owner = getattr(owner, part)
+    original = getattr(owner, parts[-1])
+
+    @functools.wraps(original)  # keeps the signature jsonargparse reads
+    def probe(*args, **kwargs):
+        raise ConfigError(f"sweep probe {site}")
+
+    monkeypatch.setattr(owner, parts[-1], probe)
+    if len(parts) == 1:
+        for name, module in list(sys.modules.items()):
+            if name.startswith("psft_lightning") and getattr(module, parts[-1], None) is original:
+                monkeypatch.setattr(module, parts[-1], probe)
+
+
+@pytest.mark.parametrize("site", sorted(SITES))
+def test_raise_site_reaches_the_user_as_one_line(site, files, tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(PLUGINS)
+    monkeypatch.chdir(REPO)
+    route = [fill(arg, {**files, "out": str(tmp_path / "out")}) for arg in ROUTES[SITES[site]]]
+    args = route if route[:1] == ["export"] else [*fit_args(tmp_path, files), *route]
+    if SITES[site] == "last":
+        assert exit_code(fit_args(tmp_path, files)) == 0  # a checkpoint for `last` to find
+    capsys.readouterr()
+    patch_everywhere(monkeypatch, site)
+    code = exit_code(args)
+    err = capsys.readouterr().err
+    assert code == 2, f"{site}: not reached by route {SITES[site]!r}\n{err[-2000:]}"
+    assert "psft: error:" in err and f"sweep probe {site}" in err
+    assert "Traceback" not in err
