@@ -61,9 +61,10 @@ class PSFTCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         available_objectives()  # import entry-point plugins so their classes resolve by class_path
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        check_data_paths(cfg)
-        resolve_checkpoint(cfg, fitting=self.subcommand == "fit")
+        if self.subcommand:  # a command runs now (``run=False`` only builds the objects)
+            cfg = self.config[self.subcommand]
+            check_data_paths(cfg)
+            resolve_checkpoint(cfg, fitting=self.subcommand == "fit")
 
     def _parse_ckpt_path(self) -> None:
         """Keep the run's own config with ``--ckpt_path``: Lightning would re-parse the checkpoint's
