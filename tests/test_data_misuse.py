@@ -19,7 +19,7 @@ import pytest
 
 from psft_lightning.data import Fields, PSFTDataModule, row_to_example
 from psft_lightning.data.sources import read_rows
-from psft_lightning.errors import DataError
+from psft_lightning.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 PSFT = str(Path(sys.executable).parent / "psft")
@@ -301,6 +301,26 @@ def test_unknown_roles_are_refused_anywhere_in_the_conversation(tokenizer, role)
         "assistant, tool. ShareGPT-style roles need renaming: human -> user, gpt or bot -> assistant"
     ):
         row_to_example({"messages": messages}, tokenizer, "auto", Fields(), True, "f.jsonl:7")
+
+
+def test_a_message_that_is_not_an_object_names_its_index(tokenizer):
+    with raises_at("f.jsonl:3: messages[1] must be an object with 'role' and 'content', got str"):
+        row_to_example({"messages": [CHAT[0], "hi"]}, tokenizer, "auto", Fields(), True, "f.jsonl:3")
+
+
+def test_a_template_that_rewrites_earlier_turns_is_a_data_error(tokenizer):
+    counting = copy.deepcopy(tokenizer)
+    counting.chat_template = "{{ messages | length }}" + tokenizer.chat_template  # the prefix changes
+    with raises_at("f.jsonl:1: the chat template does not render conversations prefix by prefix"):
+        row_to_example({"messages": [*CHAT, *CHAT]}, counting, "auto", Fields(), True, "f.jsonl:1")
+
+
+def test_unknown_format_is_a_config_error_before_any_file_is_read(tokenizer):
+    message = "data.format must be one of auto, messages, prompt_completion, text, got 'chat'"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PSFTDataModule(["missing.jsonl"], tokenizer="tiny", format="chat")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        row_to_example({"text": "t"}, tokenizer, "chat", Fields(), True, "f.jsonl:1")
 
 
 def test_tool_role_is_prompt(tokenizer):

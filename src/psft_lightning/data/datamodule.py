@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from psft_lightning.data.batching import StepBatches, StepShape
 from psft_lightning.data.collate import collate
-from psft_lightning.data.formats import IGNORE_INDEX, Example, Fields, Format, row_to_example
+from psft_lightning.data.formats import IGNORE_INDEX, Example, Fields, Format, check_format, row_to_example
 from psft_lightning.data.lengths import (
     Overlong,
     OverlongReport,
@@ -83,6 +83,7 @@ class PSFTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.max_length must be >= 2, got {max_length}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        check_format(format)
         if overlong not in ("truncate", "skip", "error"):
             raise ConfigError(f"data.overlong must be truncate, skip or error, got {overlong!r}")
         if max_val_examples < 0:

@@ -10,14 +10,15 @@ columns works as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from jinja2 import TemplateError
 
-from psft_lightning.errors import DataError
+from psft_lightning.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
 Format = Literal["auto", "messages", "prompt_completion", "text"]
+FORMATS: tuple[str, ...] = get_args(Format)
 # The roles chat templates are written for; anything else would be rendered as a literal header (or
 # refused by the template), so it is refused here with its location.
 ROLES = ("system", "user", "assistant", "tool")
@@ -195,10 +196,16 @@ def _plain_example(tokenizer, prompt: str, completion: str) -> Example:
     return Example(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids)
 
 
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
 def row_to_example(
     row: Any, tokenizer, fmt: str, fields: Fields, use_chat_template: bool, where: str
 ) -> Example:
     """Tokenise one dataset row; ``where`` (file and row) prefixes every error."""
+    check_format(fmt)
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     if fmt == "auto":
@@ -220,9 +227,7 @@ def row_to_example(
             example = _chat_example(tokenizer, messages, where)
         else:
             example = _plain_example(tokenizer, prompt, completion)
-    elif fmt == "text":
-        example = _plain_example(tokenizer, "", _string_field(row, fields.text, where))
     else:
-        raise DataError(f"unknown data format {fmt!r}; use auto, messages, prompt_completion or text")
+        example = _plain_example(tokenizer, "", _string_field(row, fields.text, where))
     example.labels[0] = IGNORE_INDEX  # the first token is never a target; keeps packed examples apart
     return example
