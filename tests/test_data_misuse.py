@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from psft_lightning.data.sources import read_rows
 from psft_lightning.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
-PSFT = str(Path(sys.executable).parent / "psft")
+# the console script beside this interpreter (a virtual environment's bin/), else the one on PATH
+PSFT = shutil.which("psft", path=str(Path(sys.executable).parent)) or shutil.which("psft") or "psft"
 
 
 def psft_fit(tmp_path, train: Path, *extra: str) -> subprocess.CompletedProcess:
