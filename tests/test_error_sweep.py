@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 
 import psft_lightning
@@ -61,6 +63,7 @@ ROUTES = {
     "packing": ["--data.packing=true"],
     "messages": ["--data.train_files=[{messages}]", "--data.val_files=[{messages}]"],
     "json": ["--data.train_files=[{json_object}]"],
+    "saved": ["--data.train_files=[{saved}]"],
     "fsdp": ["--trainer.strategy={class_path: psft_lightning.strategies.FSDP2Strategy}"],
     "plugin": ["--model.objective=psft_registered.Registered"],
     "embedded": ["--model.model=smollm2-135m-instruct"],
@@ -91,7 +94,12 @@ SITES = {
     "psft_lightning.cli:check_data_paths": "fit",
     "psft_lightning.data.batching:check_step_fits": "fit",
     "psft_lightning.data.batching:check_val_interval": "fit",
-    "psft_lightning.data.datamodule:fit_length": "fit",
+    "psft_lightning.data.lengths:fit_length": "fit",
+    "psft_lightning.data.formats:check_format": "fit",
+    "psft_lightning.data.formats:_chat_example.render": "fit",
+    "psft_lightning.data.sources:_decode": "fit",
+    "psft_lightning.data.sources:_load_saved": "saved",
+    "psft_lightning.data.sources:_dataset_rows": "saved",
     "psft_lightning.data.datamodule:PSFTDataModule.__init__": "fit",
     "psft_lightning.data.datamodule:PSFTDataModule.load_examples": "fit",
     "psft_lightning.data.formats:detect_format": "fit",
@@ -185,6 +193,8 @@ def files(tmp_path_factory) -> dict[str, str]:
         encoding="utf-8",
     )
     out = {name: str(path) for name, path in paths.items()}
+    out["saved"] = str(root / "saved")
+    datasets.Dataset.from_list([json.loads(line) for line in lines[:8]]).save_to_disk(out["saved"])
     for name, extra in (
         ("checkpoint", []),
         ("lora_checkpoint", ["--model.lora={r: 4}"]),
@@ -215,10 +225,11 @@ def patch_everywhere(monkeypatch, site: str) -> None:
     """Replace the function holding ``site`` (in its module and wherever it was imported by name)."""
     module_name, qualname = site.split(":")
     parts = qualname.split(".")
-    if parts[-1] == "wrap":  # a closure: replace the function that makes it
-        parts = parts[:-1]
     owner = sys.modules.get(module_name) or __import__(module_name, fromlist=["_"])
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
+        if not hasattr(getattr(owner, part), parts[i + 1]):  # a closure: replace the function making it
+            parts = parts[: i + 1]
+            break
         owner = getattr(owner, part)
     original = getattr(owner, parts[-1])
 

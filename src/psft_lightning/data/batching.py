@@ -33,11 +33,11 @@ class StepShape:
         return self.micro_batch_size * self.accumulate * self.world_size
 
 
-def check_step_fits(num_examples: int, shape: StepShape) -> None:
+def check_step_fits(num_examples: int, shape: StepShape, where: str = "") -> None:
     """At least one whole optimizer step of examples (an incomplete last step is dropped)."""
     if num_examples < shape.examples_per_step:
         raise DataError(
-            f"{num_examples} training examples cannot fill one optimizer step of "
+            f"{where}{num_examples} training examples cannot fill one optimizer step of "
             f"{shape.examples_per_step} (micro-batch {shape.micro_batch_size} x accumulate "
             f"{shape.accumulate} x {shape.world_size} ranks); lower data.batch_size or add data."
         )

@@ -4,59 +4,26 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
-from typing import Literal
 
 import lightning as L
 from torch.utils.data import DataLoader
 
 from psft_lightning.data.batching import StepBatches, StepShape, check_step_fits, check_val_interval
 from psft_lightning.data.collate import collate
-from psft_lightning.data.formats import IGNORE_INDEX, Example, Fields, Format, row_to_example
+from psft_lightning.data.formats import IGNORE_INDEX, Example, Fields, Format, check_format, row_to_example
+from psft_lightning.data.lengths import (
+    Overlong,
+    OverlongReport,
+    SkipReport,
+    fit_length,
+    length_warnings,
+    loses_final_eos,
+)
 from psft_lightning.data.sources import read_rows
 from psft_lightning.errors import ConfigError, DataError
 from psft_lightning.models import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-Overlong = Literal["truncate", "skip", "error"]
-
-
-@dataclass
-class SkipReport:
-    """What was left out of a split and why, with the first few locations of each reason."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def add(self, reason: str, where: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        self.examples.setdefault(reason, [])
-        if len(self.examples[reason]) < 3:
-            self.examples[reason].append(where)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
-def fit_length(
-    example: Example, max_length: int, overlong: Overlong, where: str
-) -> tuple[Example | None, str]:
-    """Apply ``max_length``: keep, cut the response, or drop the example (returning the reason)."""
-    if len(example.input_ids) <= max_length:
-        return example, ""
-    if overlong == "error":
-        raise DataError(
-            f"{where}: {len(example.input_ids)} tokens exceed max_length={max_length} "
-            f"(data.overlong=error; use truncate or skip to keep going)"
-        )
-    if overlong == "skip":
-        return None, "longer than max_length"
-    cut = Example(example.input_ids[:max_length], example.labels[:max_length])
-    if cut.num_loss_tokens == 0:
-        return None, "prompt alone fills max_length"
-    return cut, ""
 
 
 class PSFTDataModule(L.LightningDataModule):
@@ -70,8 +37,9 @@ class PSFTDataModule(L.LightningDataModule):
         fields: column names (e.g. ``{prompt: question, completion: answer}``).
         use_chat_template: wrap prompt/completion rows in the tokenizer's chat template when it has one.
         max_length: tokens per example; see ``overlong``.
-        overlong: ``truncate`` cuts the response (an example whose prompt alone fills max_length is
-            skipped and counted), ``skip`` drops any longer example, ``error`` stops with its location.
+        overlong: ``truncate`` cuts the response, no EOS put back (an example whose prompt alone fills
+            max_length is skipped), ``skip`` drops any longer example, ``error`` stops with its
+            location. Cuts and skips are counted and logged (``overlong_report``, ``skipped``).
         batch_size: micro-batch size per device. The optimizer step holds
             ``batch_size x accumulate_grad_batches x devices`` examples.
         val_batch_size: validation batch size (defaults to ``batch_size``).
@@ -115,6 +83,7 @@ class PSFTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.max_length must be >= 2, got {max_length}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        check_format(format)
         if overlong not in ("truncate", "skip", "error"):
             raise ConfigError(f"data.overlong must be truncate, skip or error, got {overlong!r}")
         if max_val_examples < 0:
@@ -153,6 +122,7 @@ class PSFTDataModule(L.LightningDataModule):
         self.train_examples: list[Example] | None = None
         self.val_examples: list[Example] = []
         self.skipped: dict[str, SkipReport] = {}
+        self.overlong_report: dict[str, OverlongReport] = {}
 
     @property
     def tokenizer(self):
@@ -161,33 +131,29 @@ class PSFTDataModule(L.LightningDataModule):
     def load_examples(self, files: list[str], split: str) -> list[Example]:
         """Read and tokenise every row of ``files``; over-long rows follow ``overlong`` and are counted."""
         examples: list[Example] = []
-        report = SkipReport()
+        skips, overlong = SkipReport(), OverlongReport()
+        tokenizer = self.tokenizer
         for path in files:
             for row, where in read_rows(path, split):
                 example = row_to_example(
-                    row, self.tokenizer, self.format, self.fields, self.use_chat_template, where
+                    row, tokenizer, self.format, self.fields, self.use_chat_template, where
                 )
-                example, reason = fit_length(example, self.max_length, self.overlong, where)
-                if example is None:
-                    report.add(reason, where)
+                fitted, reason = fit_length(example, self.max_length, self.overlong, where)
+                if fitted is not example:  # cut or dropped
+                    lost_eos = loses_final_eos(example, self.max_length, tokenizer.eos_token_id)
+                    overlong.add(len(example.input_ids), where, fitted is not None, lost_eos)
+                if fitted is None:
+                    skips.add(reason, where)
                 else:
-                    examples.append(example)
-        self.skipped[split] = report
-        if report.total:
-            details = "; ".join(
-                f"{n} {reason} (e.g. {', '.join(report.examples[reason])})"
-                for reason, n in report.counts.items()
-            )
-            log.warning(
-                "%s data: skipped %d of %d rows: %s",
-                split,
-                report.total,
-                report.total + len(examples),
-                details,
-            )
-        if not examples:
+                    examples.append(fitted)
+        self.skipped[split], self.overlong_report[split] = skips, overlong
+        for line in length_warnings(split, len(examples), skips, overlong, self.max_length):
+            log.warning(line)
+        if not examples:  # files without rows are refused by read_rows: every row was too long
             raise DataError(
-                f"{split} data ({', '.join(files)}) has no usable example after max_length={self.max_length}"
+                f"{split} data ({', '.join(files)}) has no usable example after "
+                f"max_length={self.max_length}: all {skips.total} rows are longer (the longest has "
+                f"{overlong.longest} tokens)"
             )
         return examples
 
@@ -210,7 +176,7 @@ class PSFTDataModule(L.LightningDataModule):
         trainer = self.trainer
         if stage == "fit" and trainer is not None:  # before any model work, not after validation
             shape = self._shape()
-            check_step_fits(len(examples), shape)
+            check_step_fits(len(examples), shape, f"train data ({', '.join(self.train_files)}): ")
             check_val_interval(
                 len(examples), shape, trainer.val_check_interval, trainer.check_val_every_n_epoch
             )
@@ -259,4 +225,4 @@ class PSFTDataModule(L.LightningDataModule):
         )
 
 
-__all__ = ["IGNORE_INDEX", "PSFTDataModule", "SkipReport"]
+__all__ = ["IGNORE_INDEX", "OverlongReport", "PSFTDataModule", "SkipReport"]

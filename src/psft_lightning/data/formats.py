@@ -10,12 +10,18 @@ columns works as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from psft_lightning.errors import DataError
+from jinja2 import TemplateError
+
+from psft_lightning.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
 Format = Literal["auto", "messages", "prompt_completion", "text"]
+FORMATS: tuple[str, ...] = get_args(Format)
+# The roles chat templates are written for; anything else would be rendered as a literal header (or
+# refused by the template), so it is refused here with its location.
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass
@@ -39,24 +45,38 @@ class Example:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
+def _present(row: dict) -> list[str]:
+    """Columns that hold a value. Parquet and saved datasets give a row None for a column it lacks
+    (a merged dataset has the other format's columns), so None counts as absent."""
+    return sorted(name for name, value in row.items() if value is not None)
+
+
 def detect_format(row: dict, fields: Fields, where: str) -> str:
-    if fields.messages in row:
+    present = _present(row)
+    if fields.messages in present:
         return "messages"
-    if fields.prompt in row and fields.completion in row:
+    if fields.prompt in present and fields.completion in present:
         return "prompt_completion"
-    if fields.text in row:
+    if fields.text in present:
         return "text"
+    nulls = sorted(set(row) - set(present))
     raise DataError(
-        f"{where}: cannot tell the format of this row (columns: {sorted(row)}). Expected a "
+        f"{where}: cannot tell the format of this row (columns: {present}"
+        f"{f'; null: {nulls}' if nulls else ''}). Expected a "
         f"{fields.messages!r} list, {fields.prompt!r}+{fields.completion!r} strings, or a {fields.text!r} "
         f"string; map your column names with data.fields (e.g. prompt: question, completion: answer)."
     )
 
 
+def _missing(row: dict, name: str, where: str) -> DataError:
+    null = " (it is null)" if name in row else ""
+    return DataError(f"{where}: missing field {name!r}{null} (row has: {_present(row)})")
+
+
 def _string_field(row: dict, name: str, where: str, allow_empty: bool = False) -> str:
-    if name not in row:
-        raise DataError(f"{where}: missing field {name!r} (row has: {sorted(row)})")
-    value = row[name]
+    value = row.get(name)
+    if value is None:
+        raise _missing(row, name, where)
     if not isinstance(value, str):
         raise DataError(
             f"{where}: field {name!r} must be a string, got {type(value).__name__}: {value!r:.80}"
@@ -67,9 +87,9 @@ def _string_field(row: dict, name: str, where: str, allow_empty: bool = False) -
 
 
 def _messages_field(row: dict, name: str, where: str) -> list[dict[str, str]]:
-    if name not in row:
-        raise DataError(f"{where}: missing field {name!r} (row has: {sorted(row)})")
-    messages = row[name]
+    messages = row.get(name)
+    if messages is None:
+        raise _missing(row, name, where)
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: field {name!r} must be a non-empty list of {{role, content}} messages")
     for i, message in enumerate(messages):
@@ -77,6 +97,11 @@ def _messages_field(row: dict, name: str, where: str) -> list[dict[str, str]]:
         if not isinstance(message, dict):
             raise DataError(f"{at} must be an object with 'role' and 'content', got {type(message).__name__}")
         role = _string_field(message, "role", at)
+        if role not in ROLES:
+            raise DataError(
+                f"{at} has role {role!r}; the roles chat templates know are {', '.join(ROLES)}. "
+                "ShareGPT-style roles need renaming: human -> user, gpt or bot -> assistant"
+            )
         _string_field(message, "content", at, allow_empty=role != "assistant")
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: field {name!r} has no assistant message, so there is nothing to learn")
@@ -107,7 +132,13 @@ def _chat_example(tokenizer, messages: list[dict[str, str]], where: str) -> Exam
     assistant turn), so any chat template works without ``{% generation %}`` markers. A span ends
     with the turn's end-of-sequence token when the template renders one there.
     """
-    render = tokenizer.apply_chat_template
+
+    def render(conversation: list[dict[str, str]], **kwargs) -> str:
+        try:
+            return tokenizer.apply_chat_template(conversation, **kwargs)
+        except TemplateError as err:  # the template's own raise_exception(...), e.g. roles must alternate
+            raise DataError(f"{where}: the chat template refuses this conversation: {err}") from err
+
     full = render(messages, tokenize=False)
     spans = []
     for i, message in enumerate(messages):
@@ -141,7 +172,7 @@ def _chat_example(tokenizer, messages: list[dict[str, str]], where: str) -> Exam
         raise DataError(
             f"{where}: the chat template's assistant mask covers {what} of the conversation, so the loss "
             f"would be {'empty' if n_loss == 0 else 'taken on the prompt too'}. The template or the "
-            f"messages' roles are not what this trainer expects (roles system/user/assistant)."
+            f"messages' roles are not what this trainer expects (roles {', '.join(ROLES)})."
         )
     return example
 
@@ -165,10 +196,16 @@ def _plain_example(tokenizer, prompt: str, completion: str) -> Example:
     return Example(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids)
 
 
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
 def row_to_example(
     row: Any, tokenizer, fmt: str, fields: Fields, use_chat_template: bool, where: str
 ) -> Example:
     """Tokenise one dataset row; ``where`` (file and row) prefixes every error."""
+    check_format(fmt)
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     if fmt == "auto":
@@ -190,9 +227,7 @@ def row_to_example(
             example = _chat_example(tokenizer, messages, where)
         else:
             example = _plain_example(tokenizer, prompt, completion)
-    elif fmt == "text":
-        example = _plain_example(tokenizer, "", _string_field(row, fields.text, where))
     else:
-        raise DataError(f"unknown data format {fmt!r}; use auto, messages, prompt_completion or text")
+        example = _plain_example(tokenizer, "", _string_field(row, fields.text, where))
     example.labels[0] = IGNORE_INDEX  # the first token is never a target; keeps packed examples apart
     return example
