@@ -258,15 +258,16 @@ def run_ours(case: dict, spec: dict, args) -> list[dict]:
         batch = {k: v.to(args.device) for k, v in batch.items()}
         n_loss = float((batch["labels"][:, 1:] != -100).sum())
         objective = build_objective(variant["objective"])
-        reference = module.reference if objective.needs_reference else None
+        needs = objective.needs()
+        reference = module.reference if needs.reference else None
 
         def step():
             with autocast:
                 if variant["variant"] == "naive":
                     stats = naive_stats(module, batch)
                 else:
-                    stats = module.token_stats(module.policy, batch, reference)
-                old_logprobs = module.token_logprobs(old, batch) if objective.uses_old_policy else None
+                    stats = module.token_stats(module.policy, batch, reference, needs)
+                old_logprobs = module.token_logprobs(old, batch) if needs.old_policy else None
                 out = objective(
                     ObjectiveInputs(
                         stats.logprobs,

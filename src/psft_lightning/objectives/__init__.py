@@ -13,6 +13,7 @@ from psft_lightning.objectives.base import (
 )
 from psft_lightning.objectives.ce import CE
 from psft_lightning.objectives.kl import KL
+from psft_lightning.objectives.needs import KLDirection, Needs, VocabFn
 from psft_lightning.objectives.psft import PSFT, psft_loss
 from psft_lightning.objectives.psft_warmup import PSFTWarmup
 
@@ -20,6 +21,8 @@ __all__ = [
     "CE",
     "ENTRY_POINT_GROUP",
     "KL",
+    "KLDirection",
+    "Needs",
     "PSFT",
     "Objective",
     "ObjectiveInputs",
@@ -31,4 +34,5 @@ __all__ = [
     "objective_class",
     "psft_loss",
     "register_objective",
+    "VocabFn",
 ]

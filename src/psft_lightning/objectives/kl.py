@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from psft_lightning.errors import ConfigError
 from psft_lightning.objectives.base import (
+    Needs,
     Objective,
     ObjectiveInputs,
     ObjectiveOutput,
@@ -21,12 +22,13 @@ class KL(Objective):
     policy). The per-token KL is exact over the vocabulary, computed by ``ops`` in chunks.
     """
 
-    needs_reference = True
-
     def __init__(self, beta: float = 0.1) -> None:
         if beta < 0:
             raise ConfigError(f"kl beta must be >= 0, got {beta}")
         self.beta = beta
+
+    def needs(self) -> Needs:
+        return Needs(ref_kl="reverse")
 
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         if inputs.ref_kl is None:

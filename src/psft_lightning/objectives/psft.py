@@ -7,6 +7,7 @@ from torch import Tensor
 
 from psft_lightning.errors import ConfigError
 from psft_lightning.objectives.base import (
+    Needs,
     Objective,
     ObjectiveInputs,
     ObjectiveOutput,
@@ -75,12 +76,8 @@ class PSFT(Objective):
         self.clip_low = clip_low
         self.clip_high = clip_high
 
-    @property
-    def uses_old_policy(self) -> bool:
-        return True
-
-    def needs_old_logprobs(self, step: int) -> bool:
-        return True
+    def needs(self) -> Needs:
+        return Needs(old_policy_from=0)
 
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         if inputs.old_logprobs is None:
