@@ -21,6 +21,9 @@ FORWARD_KL = "psft_lightning.objectives.KL --model.objective.direction=forward"
 FAMILY = {
     "dft": ["dft/weight_mean"],
     "asft": ["asft/kl", "dft/weight_mean"],
+    "prob": ["prob/weight_mean"],
+    "gift": ["gift/target_mass"],
+    "eaft": ["eaft/weight_mean"],
     FORWARD_KL: ["kl/ref_kl"],
 }
 
@@ -72,7 +75,7 @@ def test_forward_and_reverse_kl_runs_differ(tmp_path, arithmetic_files):
     assert abs(f[3] - r[3]) > 1e-7
 
 
-@pytest.mark.parametrize("name", ["dft", "asft"])
+@pytest.mark.parametrize("name", ["dft", "asft", "prob", "gift", "eaft"])
 def test_shipped_config_names_its_objective_on_the_embedded_model(name):
     config = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text(encoding="utf-8"))
     assert config["model"]["model"] == "smollm2-135m-instruct"

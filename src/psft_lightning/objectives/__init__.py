@@ -15,8 +15,11 @@ from psft_lightning.objectives.base import (
 )
 from psft_lightning.objectives.ce import CE
 from psft_lightning.objectives.dft import DFT, dft_loss
+from psft_lightning.objectives.eaft import EAFT, eaft_loss, eaft_weight
+from psft_lightning.objectives.gift import GIFT, gift_loss, gift_token_values
 from psft_lightning.objectives.kl import KL
 from psft_lightning.objectives.needs import KLDirection, Needs, VocabFn
+from psft_lightning.objectives.prob import Prob, prob_loss
 from psft_lightning.objectives.psft import PSFT, psft_loss
 from psft_lightning.objectives.psft_warmup import PSFTWarmup
 
@@ -24,6 +27,8 @@ __all__ = [
     "ASFT",
     "CE",
     "DFT",
+    "EAFT",
+    "GIFT",
     "ENTRY_POINT_GROUP",
     "KL",
     "KLDirection",
@@ -33,12 +38,18 @@ __all__ = [
     "ObjectiveInputs",
     "ObjectiveOutput",
     "PSFTWarmup",
+    "Prob",
     "asft_loss",
     "available_objectives",
     "build_objective",
     "dft_loss",
+    "eaft_loss",
+    "eaft_weight",
+    "gift_loss",
+    "gift_token_values",
     "nll_loss",
     "objective_class",
+    "prob_loss",
     "psft_loss",
     "register_objective",
     "VocabFn",
