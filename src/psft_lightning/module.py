@@ -267,7 +267,7 @@ class PSFTModule(L.LightningModule):
         average over ranks, so the loss is multiplied back by both."""
         return self.trainer.accumulate_grad_batches * self.trainer.world_size
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor | dict]:
         step = self.global_step
         scale = self._steps_scale()
         objective = self.objective
@@ -293,10 +293,13 @@ class PSFTModule(L.LightningModule):
             "train/token_accuracy": stats.correct.sum() / denom,
             "perf/step_tokens": _input_tokens(batch),
         }
+        if "train/nll" not in metrics:  # every objective's curve has the comparable cross-entropy
+            metrics["train/nll"] = -stats.logprobs.detach().sum() / denom
         self._accumulate(metrics)
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
             self._log_step()
-        return out.loss * scale
+        # the objective's per-token diagnostics reach callbacks (ClippedTokens) as on_train_batch_end outputs
+        return {"loss": out.loss * scale, "tokens": out.tokens}
 
     def _accumulate(self, metrics: dict[str, Tensor]) -> None:
         for name, value in metrics.items():

@@ -43,8 +43,12 @@ class ObjectiveInputs:
 
 @dataclass
 class ObjectiveOutput:
+    """The loss, its metric contributions, and optional per-token diagnostics (detached tensors aligned
+    with the inputs' tokens, e.g. PSFT's ratios) that callbacks read from the step's outputs."""
+
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    tokens: dict[str, Tensor] = field(default_factory=dict)
 
 
 def normaliser(mask: Tensor, num_tokens: float | Tensor | None) -> Tensor:
