@@ -99,3 +99,35 @@ def test_train_nll_is_logged_for_an_objective_that_does_not_report_it(
     logged = scalars(tmp_path)
     assert sorted(logged["train/nll"]) == [1, 2, 3, 4] and sorted(logged["focal/weight"]) == [1, 2, 3, 4]
     assert logged["train/nll"][1] > logged["train/loss"][1] > 0  # focal weights < 1 shrink the loss
+
+
+def test_psft_objectives_lists_builtin_and_entry_point_objectives(
+    tmp_path, monkeypatch, capsys, clean_registry
+):
+    from psft_lightning.cli import main
+    from psft_lightning.objectives import ENTRY_POINT_GROUP
+
+    info = tmp_path / "psft_focal_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: psft-focal-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nfocal = psft_focal:FocalNLL\nstrict_focal = psft_focal:StrictFocalNLL\n"
+    )
+    monkeypatch.syspath_prepend(str(TESTS / "plugins"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    main(["objectives"])
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
+    builtin = ["asft", "ce", "dft", "eaft", "gift", "kl", "prob", "psft", "psft_warmup"]
+    assert names == sorted([*builtin, "focal", "strict_focal"])
+    block = out[out.index("kl  (") :].split("\n")[:4]
+    assert block == [
+        "kl  (psft_lightning.objectives.kl.KL)",
+        "    loss = NLL + beta * token-mean of the full-vocabulary KL to pi_ref.",
+        "    hyper-parameters: beta=0.1, direction='reverse'",
+        "    needs: reverse KL to the initial model",
+    ]
+    assert "focal  (psft_focal.FocalNLL)\n    Focal-weighted NLL" in out and "gamma=2.0" in out
+    assert "strict_focal  (psft_focal.StrictFocalNLL)" in out and "gamma=required" in out
+    assert "needs: vocabulary function with reference logits" in out  # gift
+    assert "needs: old policy from step 10" in out  # psft_warmup
