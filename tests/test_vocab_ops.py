@@ -144,3 +144,19 @@ def test_vocab_path_detached_function_and_frozen_head():
     assert close(h2.grad, h3.grad)[0]
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_vocab_values(two_values_fn, hidden, weight, targets, chunk_size=0)
+
+
+def test_vocab_path_under_bf16_autocast_gives_fp32_values_close_to_fp32():
+    hidden, weight, targets, ref_hidden, ref_weight, a = make_problem()
+    h0 = leaf(hidden)
+    exact = chunked_vocab_values(target_mix_fn, h0, weight, targets, ref_hidden, ref_weight, 3)
+    (exact * a).sum().backward()
+    exact = exact.detach()
+    h1, w1 = leaf(hidden), leaf(weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = chunked_vocab_values(target_mix_fn, h1, w1, targets, ref_hidden, ref_weight, 3)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, exact, atol=0.1, rtol=0.02) and not torch.equal(got, exact)
+    (got * a).sum().backward()
+    assert h1.grad.dtype == torch.float32 and w1.grad.dtype == torch.float32
+    assert torch.allclose(h1.grad, h0.grad, atol=0.05 * h0.grad.abs().max().item(), rtol=0)
