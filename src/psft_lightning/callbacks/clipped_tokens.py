@@ -36,7 +36,7 @@ class ClippedTokens(L.Callback):
         self.top_k = top_k
         self.counts: Counter[int] = Counter()
         self.ratio_sums: defaultdict[int, float] = defaultdict(float)
-        self.last_table: list[tuple[str, int, float]] = []
+        self.tables: dict[int, list[tuple[str, int, float]]] = {}  # optimizer steps done -> rows
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         last = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
@@ -59,14 +59,15 @@ class ClippedTokens(L.Callback):
 
     def _log(self, trainer: L.Trainer, steps_done: int) -> None:
         tokenizer = getattr(trainer.datamodule, "tokenizer", None) if trainer.datamodule else None
-        self.last_table = [
+        rows = [
             (_token_string(tokenizer, token), n, self.ratio_sums[token] / n)
             for token, n in self.counts.most_common(self.top_k)
         ]
+        self.tables[steps_done] = rows
         self.counts, self.ratio_sums = Counter(), defaultdict(float)
         experiment = getattr(trainer.logger, "experiment", None)
         if trainer.is_global_zero and hasattr(experiment, "add_text"):
-            experiment.add_text(TAG, markdown_table(self.last_table), steps_done)
+            experiment.add_text(TAG, markdown_table(rows), steps_done)
 
 
 def _token_string(tokenizer, token: int) -> str:
