@@ -40,14 +40,15 @@ def token_stats(
     mask = targets != IGNORE_INDEX
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     direction = needs.ref_kl or "reverse"
-    kl_reference = reference if needs.ref_kl is not None or needs.vocab_fn is None else None
+    # a reference given without a declaration gets the reverse KL; one for a vocabulary function only, none
+    with_kl = reference is not None and (needs.ref_kl is not None or needs.vocab_fn is None)
     if not uses_plain_head(model):
         logits = model(**inputs, use_cache=False).logits[:, :-1][mask]
         ref_logits = None
         if reference is not None:
             with torch.no_grad(), adapters_disabled(reference):
                 ref_logits = reference(**inputs, use_cache=False).logits[:, :-1][mask]
-        stats = naive_token_stats(logits, targets[mask], ref_logits if kl_reference else None, direction)
+        stats = naive_token_stats(logits, targets[mask], ref_logits if with_kl else None, direction)
         if needs.vocab_fn is not None:
             vocab_ref = ref_logits if needs.vocab_ref else None
             stats.vocab = naive_vocab_values(needs.vocab_fn, logits, targets[mask], vocab_ref)
@@ -60,7 +61,7 @@ def token_stats(
         with torch.no_grad(), adapters_disabled(reference):
             ref_hidden = _final_hidden(reference, inputs)[:, :-1][mask]
         ref_weight = ref_head.weight  # read after the forward: FSDP2 has gathered it by then
-    kl_hidden, kl_weight = (ref_hidden, ref_weight) if kl_reference else (None, None)
+    kl_hidden, kl_weight = (ref_hidden, ref_weight) if with_kl else (None, None)
     stats = chunked_token_stats(
         hidden, head.weight, targets[mask], kl_hidden, kl_weight, chunk_size, direction
     )
