@@ -4,6 +4,8 @@ Cases (each in a fresh subprocess, so each peak memory is its own):
 - head:      naive full-logits CE vs our chunked CE on a 152k-vocabulary Llama at length 2048;
 - objective: CE vs PSFT (snapshot old policy, a non-refresh step) vs KL on SmolLM2-135M;
 - packing:   padded vs packed micro-batches of a variable-length mix;
+- vocab:     the built-in chunked KL vs the same KL written as a plugin's vocabulary function
+             (``Needs(vocab_fn=...)``, evaluated by ``ops.chunked_vocab_values``) on the 152k vocabulary;
 - trl:       TRL's SFTTrainer on the same model, data, batch and length as our CE.
 
 It writes one JSON (ratios and pass/fail per target) and a Markdown report. Timing is wall-clock
@@ -44,6 +46,7 @@ TARGETS = {
     "packed_vs_padded": ("tokens/s, packed / padded", ">=", 1.5),
     "ours_vs_trl_speed": ("tokens/s, our CE / TRL SFTTrainer", ">=", 1.2),
     "ours_vs_trl_memory": ("peak memory, our CE / TRL SFTTrainer", "<=", 1.0),
+    "vocab_memory": ("peak memory, KL as a vocabulary function / built-in KL (152k vocab)", "<=", 1.0),
 }
 
 
@@ -101,6 +104,8 @@ def plan(args) -> list[dict]:
         case("head", head, ("ours", "ce")),
         case("objective", objective, ("ours", "ce"), ("ours", "psft"), ("ours", "kl")),
         case("packing", packing, ("padded", "ce"), ("packed", "ce")),
+        case("vocab", head, ("ours", "kl")),
+        case("vocab", head, ("vocab", "kl")),
     ]
     if args.device == "cuda" and not args.quick and not args.smallest:
         cases.append(case("mfu", "llama-0.5b", ("ours", "ce"), ("ours", "psft")))
@@ -227,6 +232,12 @@ def build_module(variants: list[dict], spec: dict, args):
     return module, old
 
 
+def vocab_reverse_kl(logits, ref_logits, targets):
+    """KL(pi || pi_ref) per token as a plugin author writes it: plain PyTorch on one chunk's logits."""
+    logp = torch.log_softmax(logits, -1)
+    return (logp.exp() * (logp - torch.log_softmax(ref_logits, -1))).sum(-1)
+
+
 def naive_stats(module, batch):
     """The full-logits path: ``[tokens, vocab]`` logits, fp32 log-softmax, gather."""
     from psft_lightning.ops import naive_token_stats
@@ -242,7 +253,7 @@ def run_ours(case: dict, spec: dict, args) -> list[dict]:
     """Time the case's variants round-robin, one optimizer step each per round, so that a change in
     machine load hits all of them alike; memory is each variant's peak during its own steps."""
     from psft_lightning.data.collate import collate, collate_packed
-    from psft_lightning.objectives import ObjectiveInputs, build_objective
+    from psft_lightning.objectives import Needs, ObjectiveInputs, build_objective
 
     variants = case["variants"]
     module, old = build_module(variants, spec, args)
@@ -258,22 +269,25 @@ def run_ours(case: dict, spec: dict, args) -> list[dict]:
         batch = {k: v.to(args.device) for k, v in batch.items()}
         n_loss = float((batch["labels"][:, 1:] != -100).sum())
         objective = build_objective(variant["objective"])
-        reference = module.reference if objective.needs_reference else None
+        needs = objective.needs()
+        if variant["variant"] == "vocab":
+            needs = Needs(vocab_fn=vocab_reverse_kl, vocab_ref=True)
+        reference = module.reference if needs.reference else None
 
         def step():
             with autocast:
                 if variant["variant"] == "naive":
                     stats = naive_stats(module, batch)
                 else:
-                    stats = module.token_stats(module.policy, batch, reference)
-                old_logprobs = module.token_logprobs(old, batch) if objective.uses_old_policy else None
+                    stats = module.token_stats(module.policy, batch, reference, needs)
+                old_logprobs = module.token_logprobs(old, batch) if needs.old_policy else None
                 out = objective(
                     ObjectiveInputs(
                         stats.logprobs,
                         torch.ones_like(stats.logprobs, dtype=torch.bool),
                         num_tokens=n_loss,
                         old_logprobs=old_logprobs,
-                        ref_kl=stats.ref_kl,
+                        ref_kl=stats.vocab if variant["variant"] == "vocab" else stats.ref_kl,
                     )
                 )
             out.loss.backward()
@@ -432,6 +446,10 @@ def ratios(results: list[dict], args) -> dict[str, float]:
         other = find(results, group="objective", objective=name)
         if ce and other:
             out[f"{name}_vs_ce"] = other["step_s"] / ce["step_s"]
+    builtin = find(results, group="vocab", variant="ours")
+    vocab = find(results, group="vocab", variant="vocab")
+    if builtin and vocab:
+        out["vocab_memory"] = vocab["peak_mem_mb"] / builtin["peak_mem_mb"]
     padded = find(results, group="packing", variant="padded")
     packed = find(results, group="packing", variant="packed")
     if padded and packed:

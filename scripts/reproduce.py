@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import plot_runs  # noqa: E402  (a sibling script, not a package module)
 
-from psft_lightning.callbacks import GenerationEval  # noqa: E402
+from psft_lightning.callbacks import ClippedTokens, GenerationEval  # noqa: E402
+from psft_lightning.callbacks.clipped_tokens import markdown_table  # noqa: E402
 from psft_lightning.cli import run_cli  # noqa: E402
 from psft_lightning.evaluation import GROUPS, EvalConfig  # noqa: E402
 
@@ -161,6 +162,8 @@ def run_config(objective: str, budget: Budget, model: str, seed: int, out: Path,
     for callback in callbacks:
         if callback["class_path"].endswith("OldPolicy"):
             callback.setdefault("init_args", {})["refresh_every_n_steps"] = budget.refresh_every
+        if callback["class_path"].endswith("ClippedTokens"):  # the table on the last step before a refresh
+            callback.setdefault("init_args", {})["log_clipped_every_n_steps"] = budget.refresh_every
     evaluation = {
         "every_n_steps": 0 if validate_only else budget.eval_every,
         "periodic": list(budget.periodic),
@@ -189,8 +192,9 @@ def run_config(objective: str, budget: Budget, model: str, seed: int, out: Path,
 
 def run(
     objective: str, budget: Budget, model: str, seed: int, out: Path, validate_only: bool = False
-) -> dict:
-    """Train (or only evaluate) one objective through the CLI; its final metrics and wall time."""
+) -> tuple[dict, dict]:
+    """Train (or only evaluate) one objective through the CLI; its final metrics and wall time, and
+    PSFT's last clipped-token table (its step, and rows of token, count, mean ratio; {} without one)."""
     config = run_config(objective, budget, model, seed, out, validate_only)
     name = "base" if validate_only else objective
     shutil.rmtree(out / name, ignore_errors=True)
@@ -210,7 +214,9 @@ def run(
     final.pop("perf/eval_seconds", None)
     final["wall_seconds"] = seconds
     log.info("%s seed %d: %s", name, seed, final)
-    return final
+    clipped = next((c for c in cli.trainer.callbacks if isinstance(c, ClippedTokens)), None)
+    tables = clipped.tables if clipped is not None else {}
+    return final, {"step": max(tables), "rows": tables[max(tables)]} if tables else {}
 
 
 # ------------------------------------------------------------------------------------- report
@@ -393,6 +399,7 @@ def write_results(
     plots: list,
     total: float,
     load: tuple[float, float],
+    clipped: dict[str, dict],
 ) -> None:
     k = budget.eval.get("k", EvalConfig.k)
     ev = EvalConfig(**budget.eval)
@@ -449,6 +456,16 @@ def write_results(
     for claim, verdict, detail in claims:
         lines.append(f"| {claim} | {verdict} | {detail} |")
     lines += ["", "## Reading these numbers", "", *caveats(claims, table, budget, ev, load)]
+    lines += ["", "## Which tokens PSFT clips", ""]
+    lines.append(
+        'The paper finds the clipped tokens concentrated on words like "wait" and "alternatively". Here, '
+        f"the last `ClippedTokens` table of each run (seed {seeds[0]}; logged every {budget.refresh_every} "
+        "steps, for PSFT the step before a refresh): the token strings whose ratio passed 1 + clip_high "
+        "most often in that step."
+    )
+    for objective, logged in clipped.items():
+        rows = [tuple(row) for row in logged["rows"]]
+        lines += ["", f"{LABELS[objective]}, step {logged['step']}:", "", markdown_table(rows)]
     lines += [
         "",
         "## Plots",
@@ -523,7 +540,18 @@ def main(argv: list[str] | None = None) -> Path:
     runs = {label: plot_runs.read_scalars(folder) for label, folder in folders.items()}
     plots = plot_runs.plot(runs, plot_runs.DEFAULT_TAGS, str(plots_dir))
     table = summarise(record["results"])
-    write_results(args.out, table, budget, args, seeds, plots_dir, plots, record["seconds"], record["load"])
+    write_results(
+        args.out,
+        table,
+        budget,
+        args,
+        seeds,
+        plots_dir,
+        plots,
+        record["seconds"],
+        record["load"],
+        record.get("clipped", {}),
+    )
     print(
         f"wrote {args.out} and {len(plots)} plots to {plots_dir}; runs took {record['seconds'] / 60:.1f} min"
     )
@@ -538,17 +566,22 @@ def measure(args) -> dict:
     begin, load_before = time.perf_counter(), os.getloadavg()[0]
     shutil.rmtree(args.runs_dir, ignore_errors=True)
     results: dict[str, list[dict]] = {"base": []}
-    base = run("ce", budget, model, seeds[0], args.runs_dir / f"seed{seeds[0]}", validate_only=True)
+    clipped: dict[str, dict] = {}
+    base, _ = run("ce", budget, model, seeds[0], args.runs_dir / f"seed{seeds[0]}", validate_only=True)
     for seed in seeds:
         results["base"].append(base)  # greedy and seeded sampling: the base model scores the same each seed
         for objective in OBJECTIVES:
             out = args.runs_dir / f"seed{seed}"
-            results.setdefault(objective, []).append(run(objective, budget, model, seed, out))
+            final, table = run(objective, budget, model, seed, out)
+            results.setdefault(objective, []).append(final)
+            if seed == seeds[0] and table:
+                clipped[objective] = table
     return {
         "budget": args.budget,
         "model": model,
         "seeds": seeds,
         "results": results,
+        "clipped": clipped,
         "seconds": time.perf_counter() - begin,
         "load": [load_before, os.getloadavg()[0]],
     }

@@ -26,7 +26,7 @@ from psft_lightning.objectives import build_objective
 from psft_lightning.strategies import FSDP2Strategy
 
 GLOBAL_BATCH = 4
-STEPS = {"ce": 5, "kl": 5, "psft": 6}
+STEPS = {"ce": 5, "kl": 5, "psft": 6, "asft": 5, "gift": 5}  # asft: forward KL; gift: vocabulary path
 RESUME_AT = 3
 # PSFT variants, each compared 1 vs 2 processes and resumed from a sharded checkpoint: the full
 # snapshot (module-owned, sharded), LoRA (adapter snapshot, gathered into the callback state) and
@@ -141,7 +141,9 @@ class ShardProbe(L.Callback):
 def main(data: str, out: str) -> None:
     torch.set_num_threads(1)
     root = Path(out)
-    results: dict[str, object] = {name: run(name, data, 2, root / name) for name in ("ce", "kl")}
+    results: dict[str, object] = {
+        name: run(name, data, 2, root / name) for name in ("ce", "kl", "asft", "gift")
+    }
     results["ce_accumulate"] = run("ce", data, 2, root / "accumulate", accumulate=2)
     results["ce_checkpointing"] = run("ce", data, 2, root / "ac", gradient_checkpointing=True)
     results["ce_bf16"] = run("ce", data, 2, root / "bf16", fsdp_param_dtype="bf16", fsdp_reduce_dtype="fp32")

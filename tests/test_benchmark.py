@@ -20,12 +20,12 @@ def test_smallest_benchmark_writes_ratios_and_verdicts(tmp_path):
     out, doc = tmp_path / "bench.json", tmp_path / "benchmarks.md"
     load_benchmark().main(["--smallest", "--in-process", "--no-trl", "--out", str(out), "--doc", str(doc)])
     report = json.loads(out.read_text())
-    expected = {"head_memory", "head_speed", "psft_vs_ce", "kl_vs_ce", "packed_vs_padded"}
+    expected = {"head_memory", "head_speed", "psft_vs_ce", "kl_vs_ce", "packed_vs_padded", "vocab_memory"}
     assert set(report["ratios"]) == expected
     assert all(value > 0 for value in report["ratios"].values())
     assert set(report["targets"]) == expected
     assert all(isinstance(v["met"], bool) for v in report["targets"].values())
-    assert len(report["results"]) == 7 and not any("error" in r["result"] for r in report["results"])
+    assert len(report["results"]) == 9 and not any("error" in r["result"] for r in report["results"])
     packed = next(r for r in report["results"] if r["case"]["variant"] == "packed")["result"]
     padded = next(r for r in report["results"] if r["case"]["variant"] == "padded")["result"]
     assert packed["tokens"] == padded["tokens"] and packed["positions"] < padded["positions"]

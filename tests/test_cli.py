@@ -129,7 +129,8 @@ def test_unknown_objective_lists_the_known_names(args, capsys):
         main(["fit", *args, "--model.objective=nope"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "psft: error: Unknown objective 'nope'. Known objectives: ce, kl, psft, psft_warmup." in err
+    known = "asft, ce, dft, eaft, gift, kl, prob, psft, psft_warmup"
+    assert f"psft: error: Unknown objective 'nope'. Known objectives: {known}." in err
     assert "Traceback" not in err
     # a misspelt class_path is refused while parsing, naming the key and the class
     with pytest.raises(SystemExit) as exit_info:

@@ -31,6 +31,8 @@ TOLERANCE = 1e-5  # fp32; measured differences are ~5e-7
 LOSS_RUNS = (
     "ce",
     "kl",
+    "asft",
+    "gift",
     "ce_accumulate",
     "ce_checkpointing",
     "ce_bf16",
@@ -90,7 +92,7 @@ def two_process(data, tmp_path_factory) -> dict:
     return results
 
 
-@pytest.mark.parametrize("name", ["ce", "kl", *PSFT_VARIANTS])
+@pytest.mark.parametrize("name", ["ce", "kl", "asft", "gift", *PSFT_VARIANTS])
 def test_two_processes_match_one_process(name, data, two_process, tmp_path):
     objective = name.split("_")[0]
     one, two = run(objective, data, 1, tmp_path, **PSFT_VARIANTS.get(name, {})), two_process[name]

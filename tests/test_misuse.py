@@ -4,6 +4,7 @@ errors in plugin arguments, small datasets, a changed schedule horizon, paths an
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,17 @@ PLUGINS = str(REPO / "tests" / "plugins")
 
 
 def psft(*args: str, cwd: Path = REPO, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": PLUGINS}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": PLUGINS, "MASTER_PORT": str(free_port())}
     return subprocess.run(
         [PSFT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def free_port() -> int:
+    """A port for the rendezvous of multi-process runs, so parallel test runs do not collide."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def fit_args(root: Path, files: tuple[str, str], *extra: str) -> list[str]:

@@ -14,6 +14,7 @@ from psft_lightning.objectives import (
     ENTRY_POINT_GROUP,
     KL,
     PSFT,
+    Needs,
     Objective,
     ObjectiveInputs,
     ObjectiveOutput,
@@ -207,8 +208,8 @@ def test_psft_objective_matches_hand_values_and_adds_nll_metric():
 def test_psft_objective_contract_and_errors():
     obj = PSFT()
     assert (obj.clip_low, obj.clip_high) == (0.2, 0.28)
-    assert obj.needs_old_logprobs(0) is True and obj.uses_old_policy is True
-    assert obj.old_policy_start_step() == 0 and PSFT.needs_reference is False
+    assert obj.needs() == Needs(old_policy_from=0)
+    assert obj.needs().old_logprobs_at(0) and obj.needs().old_policy and not obj.needs().reference
     with pytest.raises(ValueError, match="old-policy log-probs"):
         obj(ObjectiveInputs(torch.zeros(3), torch.ones(3)))
     with pytest.raises(ConfigError, match="clip_low"):
@@ -244,7 +245,7 @@ def test_ce_objective_matches_hand_computation_and_num_tokens():
     assert out.loss.item() == pytest.approx(6.0 / 12, abs=1e-6)
     out.loss.backward()
     assert_close(logprobs.grad, [-1 / 12, -1 / 12, -1 / 12, 0.0], tol=1e-7)
-    assert CE().needs_old_logprobs(0) is False and CE().uses_old_policy is False
+    assert CE().needs() == Needs() and not CE().needs().old_logprobs_at(0) and not CE().needs().old_policy
 
 
 def test_ce_is_token_mean_not_mean_of_sequence_means():
@@ -273,8 +274,8 @@ def test_kl_objective_is_nll_plus_beta_kl_by_hand():
 
 
 def test_kl_objective_contract_and_errors():
-    assert KL.needs_reference is True and KL().beta == 0.1
-    assert KL().needs_old_logprobs(5) is False and KL().uses_old_policy is False
+    assert KL().needs() == Needs(ref_kl="reverse") and KL().needs().reference and KL().beta == 0.1
+    assert not KL().needs().old_logprobs_at(5) and not KL().needs().old_policy
     with pytest.raises(ValueError, match="ref_kl"):
         KL()(ObjectiveInputs(torch.zeros(3), torch.ones(3)))
     with pytest.raises(ConfigError, match="beta"):
@@ -397,13 +398,13 @@ def test_psft_warmup_is_psft_from_the_switch():
 
 def test_psft_warmup_schedule_contract():
     obj = PSFTWarmup(warmup_steps=3, clip_low=0.1, clip_high=0.2)
-    assert [obj.needs_old_logprobs(s) for s in range(6)] == [False, False, False, True, True, True]
-    assert obj.old_policy_start_step() == 3
-    assert obj.uses_old_policy is True
+    assert [obj.needs().old_logprobs_at(s) for s in range(6)] == [False, False, False, True, True, True]
+    assert obj.needs().old_policy_from == 3
+    assert obj.needs().old_policy is True
     assert (obj.warmup_steps, obj.clip_low, obj.clip_high) == (3, 0.1, 0.2)
     assert PSFTWarmup().warmup_steps == 10
     zero = PSFTWarmup(warmup_steps=0)
-    assert zero.needs_old_logprobs(0) is True and zero.old_policy_start_step() == 0
+    assert zero.needs().old_logprobs_at(0) is True and zero.needs().old_policy_from == 0
     with pytest.raises(ConfigError, match="warmup_steps"):
         PSFTWarmup(warmup_steps=-1)
     with pytest.raises(ConfigError, match="clip_low"):

@@ -55,6 +55,10 @@ def test_reproduce_trains_all_four_objectives_and_writes_the_page_and_plots(repr
     assert [n for n, _ in verdicts] == ["1", "2", "3", "4"]  # one computed verdict per claim
     assert verdicts[1][1] == "inconclusive"  # the tiny model's accuracy sits at the floor
     assert "arxiv.org/abs/2508.17784" in page
+    clipped = page[page.index("## Which tokens PSFT clips") : page.index("## Plots")]
+    for label in ("PSFT", "PSFT (warm-up)"):
+        assert re.search(rf"^{re.escape(label)}, step \d+:$", clipped, re.MULTILINE), label
+    assert clipped.count("| token | clipped | mean ratio |") + clipped.count("no token was clipped") == 2
     for name in ("eval_entropy", "train_entropy", "train_loss", "eval_accuracy", "psft_clip_frac"):
         png = out / "results" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -179,7 +179,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> PSFTCLI:
 DESCRIPTION = (
     "Fine-tune a causal LM with SFT (ce), SFT-KL (kl), PSFT (psft) or PSFT with warm-up (psft_warmup): "
     "psft fit --config configs/psft.yaml. Export a checkpoint as a Hugging Face model directory with "
-    "psft export CHECKPOINT OUT_DIR (psft export --help)."
+    "psft export CHECKPOINT OUT_DIR (psft export --help). List every objective with psft objectives."
 )
 
 QUIET_WARNINGS = (
@@ -200,6 +200,10 @@ def main(args: list[str] | None = None) -> None:
             from psft_lightning.export import export_main
 
             export_main(argv[1:])
+        elif argv[:1] == ["objectives"]:
+            from psft_lightning.objectives.catalog import objectives_main
+
+            objectives_main(argv[1:])
         else:
             rewritten = rewrite_objective_names(argv)
             if args is None and rewritten != argv:

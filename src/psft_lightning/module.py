@@ -13,29 +13,28 @@ import torch
 from torch import Tensor, nn
 
 from psft_lightning.checkpointing import RNG_KEY, check_resumable, rng_states, set_rng_states
-from psft_lightning.data.formats import IGNORE_INDEX
 from psft_lightning.errors import ConfigError, DataError
 from psft_lightning.lora import (
     AdapterSnapshot,
     LoraSettings,
-    adapters_disabled,
     apply_lora,
     lora_settings,
     settings_dict,
 )
-from psft_lightning.models import backbone_and_head, check_packed_attention, load_model, uses_plain_head
-from psft_lightning.objectives import Objective, ObjectiveInputs, build_objective
-from psft_lightning.ops import TokenStats, chunked_token_stats, naive_token_stats
+from psft_lightning.models import check_packed_attention, load_model
+from psft_lightning.objectives import Needs, Objective, build_objective
+from psft_lightning.ops import TokenStats
 from psft_lightning.schedule import Schedule, lr_factor
 from psft_lightning.sharding import (
     FsdpDtype,
     Sharder,
     copy_local_shards,
     is_sharded,
-    root_hidden_states,
     sharded_twin,
     skeleton,
 )
+from psft_lightning.step import objective_inputs, token_stats
+from psft_lightning.step.stats import NO_NEEDS
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +144,7 @@ class PSFTModule(L.LightningModule):
         self.policy.train()
         if self.lora is not None:
             self.policy = apply_lora(self.policy, self.lora).base_model.model
-        needs_reference = self.objective.needs_reference and self.lora is None  # LoRA: adapters off
+        needs_reference = self.objective.needs().reference and self.lora is None  # LoRA: adapters off
         sharder = self._sharder()
         if sharder is None:
             if needs_reference:
@@ -164,7 +163,7 @@ class PSFTModule(L.LightningModule):
         from lightning.pytorch.strategies import FSDPStrategy
 
         if (
-            self.objective.uses_old_policy
+            self.objective.needs().old_policy
             and self._trainer
             and isinstance(self.trainer.strategy, FSDPStrategy)
         ):
@@ -191,7 +190,7 @@ class PSFTModule(L.LightningModule):
 
     def _needs_snapshot(self) -> bool:
         """A weight snapshot of pi_old is kept unless the run's OldPolicy callback works without one."""
-        if not self.objective.uses_old_policy or self.lora is not None:  # LoRA: AdapterSnapshot
+        if not self.objective.needs().old_policy or self.lora is not None:  # LoRA: AdapterSnapshot
             return False
         from psft_lightning.callbacks import OldPolicy
 
@@ -209,7 +208,7 @@ class PSFTModule(L.LightningModule):
         from psft_lightning.callbacks.progress import step_progress_bar
 
         callbacks = []
-        if self.objective.uses_old_policy and not any(
+        if self.objective.needs().old_policy and not any(
             isinstance(c, OldPolicy) for c in self.trainer.callbacks
         ):
             callbacks.append(OldPolicy())
@@ -245,29 +244,11 @@ class PSFTModule(L.LightningModule):
         return self
 
     # ------------------------------------------------------------------------------ statistics
-    def token_stats(self, model: nn.Module, batch: dict, reference: nn.Module | None = None) -> TokenStats:
-        """Per-token log-probs, entropy, accuracy (and KL to ``reference``) at the batch's loss positions."""
-        targets = batch["labels"][:, 1:]
-        mask = targets != IGNORE_INDEX
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        if not uses_plain_head(model):
-            logits = model(**inputs, use_cache=False).logits[:, :-1][mask]
-            ref_logits = None
-            if reference is not None:
-                with torch.no_grad(), adapters_disabled(reference):
-                    ref_logits = reference(**inputs, use_cache=False).logits[:, :-1][mask]
-            return naive_token_stats(logits, targets[mask], ref_logits)
-        _, head = backbone_and_head(model)
-        hidden = _final_hidden(model, inputs)[:, :-1][mask]
-        ref_hidden = ref_weight = None
-        if reference is not None:
-            _, ref_head = backbone_and_head(reference)
-            with torch.no_grad(), adapters_disabled(reference):
-                ref_hidden = _final_hidden(reference, inputs)[:, :-1][mask]
-            ref_weight = ref_head.weight  # read after the forward: FSDP2 has gathered it by then
-        return chunked_token_stats(
-            hidden, head.weight, targets[mask], ref_hidden, ref_weight, self.chunk_size
-        )
+    def token_stats(
+        self, model: nn.Module, batch: dict, reference: nn.Module | None = None, needs: Needs | None = None
+    ) -> TokenStats:
+        """Per-token statistics at the batch's loss positions (``step.token_stats``), this run's chunks."""
+        return token_stats(model, batch, reference, needs or NO_NEEDS, self.chunk_size)
 
     @torch.no_grad()
     def token_logprobs(self, model: nn.Module, batch: dict) -> Tensor:
@@ -290,12 +271,13 @@ class PSFTModule(L.LightningModule):
         average over ranks, so the loss is multiplied back by both."""
         return self.trainer.accumulate_grad_batches * self.trainer.world_size
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor | dict]:
         step = self.global_step
         scale = self._steps_scale()
         objective = self.objective
-        reference = self.reference_model() if objective.needs_reference else None
-        stats = self.token_stats(self.policy, batch, reference)
+        needs = objective.needs()
+        reference = self.reference_model() if needs.reference else None
+        stats = self.token_stats(self.policy, batch, reference, needs)
         n_local = stats.logprobs.numel()
         if n_local == 0:
             raise DataError(
@@ -306,26 +288,7 @@ class PSFTModule(L.LightningModule):
         num_tokens = batch.get("step_loss_tokens")
         if num_tokens is None:  # a user's own datamodule: fall back to a per-micro-batch token-mean
             num_tokens = float(n_local * scale)
-        old_logprobs = None
-        if objective.needs_old_logprobs(step):
-            old_logprobs = batch.get("old_logprobs")
-            if old_logprobs is None:
-                if not batch.get("old_is_policy"):
-                    raise RuntimeError(
-                        "objective needs old-policy log-probs but the OldPolicy callback gave none"
-                    )
-                old_logprobs = stats.logprobs.detach()  # refresh step: the snapshot equals the policy
-        mask = torch.ones_like(stats.logprobs, dtype=torch.bool)
-        out = objective(
-            ObjectiveInputs(
-                stats.logprobs,
-                mask,
-                step=step,
-                num_tokens=num_tokens,
-                old_logprobs=old_logprobs,
-                ref_kl=stats.ref_kl,
-            )
-        )
+        out = objective(objective_inputs(stats, needs, batch, step, num_tokens))
         denom = torch.as_tensor(num_tokens, dtype=torch.float32, device=stats.logprobs.device)
         metrics = {
             **out.metrics,
@@ -334,10 +297,13 @@ class PSFTModule(L.LightningModule):
             "train/token_accuracy": stats.correct.sum() / denom,
             "perf/step_tokens": _input_tokens(batch),
         }
+        if "train/nll" not in metrics:  # every objective's curve has the comparable cross-entropy
+            metrics["train/nll"] = -stats.logprobs.detach().sum() / denom
         self._accumulate(metrics)
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
             self._log_step()
-        return out.loss * scale
+        # the objective's per-token diagnostics reach callbacks (ClippedTokens) as on_train_batch_end outputs
+        return {"loss": out.loss * scale, "tokens": out.tokens}
 
     def _accumulate(self, metrics: dict[str, Tensor]) -> None:
         for name, value in metrics.items():
@@ -505,14 +471,6 @@ def _input_tokens(batch: dict) -> Tensor:
     if "attention_mask" in batch:
         return batch["attention_mask"].sum().float()
     return torch.tensor(float(batch["input_ids"].numel()))
-
-
-def _final_hidden(model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
-    """Hidden states after the final norm; an FSDP2 model runs through its root so its hooks fire."""
-    if is_sharded(model):
-        return root_hidden_states(model, inputs)
-    body, _ = backbone_and_head(model)
-    return body(**inputs, use_cache=False).last_hidden_state
 
 
 def _fmt(metrics: dict[str, float]) -> str:

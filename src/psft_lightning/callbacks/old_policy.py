@@ -60,7 +60,7 @@ class OldPolicy(L.Callback):
         return "OldPolicy"
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not pl_module.objective.uses_old_policy:
+        if not pl_module.objective.needs().old_policy:
             return
         self.active = True
         if self.mode == "snapshot":
@@ -126,12 +126,12 @@ class OldPolicy(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        objective = pl_module.objective
+        needs = pl_module.objective.needs()
         step = trainer.global_step
         micro = self._micro_index(step)
-        if not self.active or not objective.needs_old_logprobs(step):
+        if not self.active or not needs.old_logprobs_at(step):
             return
-        start = objective.old_policy_start_step()
+        start = needs.old_policy_from
         if self.is_due(step, start):
             if self.mode == "snapshot":
                 self.refresh(pl_module.policy, step)

@@ -1,5 +1,7 @@
-"""Objective plugins: ``ce``, ``kl``, ``psft``, ``psft_warmup`` and the registry for your own."""
+"""Objective plugins: ``ce``, ``kl``, ``psft``, ``psft_warmup``, ``dft``, ``asft``, ... and the registry
+for your own."""
 
+from psft_lightning.objectives.asft import ASFT, asft_loss
 from psft_lightning.objectives.base import (
     ENTRY_POINT_GROUP,
     Objective,
@@ -12,23 +14,43 @@ from psft_lightning.objectives.base import (
     register_objective,
 )
 from psft_lightning.objectives.ce import CE
+from psft_lightning.objectives.dft import DFT, dft_loss
+from psft_lightning.objectives.eaft import EAFT, eaft_loss, eaft_weight
+from psft_lightning.objectives.gift import GIFT, gift_loss, gift_token_values
 from psft_lightning.objectives.kl import KL
+from psft_lightning.objectives.needs import KLDirection, Needs, VocabFn
+from psft_lightning.objectives.prob import Prob, prob_loss
 from psft_lightning.objectives.psft import PSFT, psft_loss
 from psft_lightning.objectives.psft_warmup import PSFTWarmup
 
 __all__ = [
+    "ASFT",
     "CE",
+    "DFT",
+    "EAFT",
+    "GIFT",
     "ENTRY_POINT_GROUP",
     "KL",
+    "KLDirection",
+    "Needs",
     "PSFT",
     "Objective",
     "ObjectiveInputs",
     "ObjectiveOutput",
     "PSFTWarmup",
+    "Prob",
+    "asft_loss",
     "available_objectives",
     "build_objective",
+    "dft_loss",
+    "eaft_loss",
+    "eaft_weight",
+    "gift_loss",
+    "gift_token_values",
     "nll_loss",
     "objective_class",
+    "prob_loss",
     "psft_loss",
     "register_objective",
+    "VocabFn",
 ]

@@ -1,8 +1,9 @@
 """The objective interface and its registry.
 
-An objective turns per-token quantities (policy log-probs, old-policy log-probs, KL to a reference)
-into a loss. It holds hyper-parameters only, never trainer state, so it is a pure function of its
-inputs and can be unit-tested by hand.
+An objective turns per-token quantities (policy log-probs, old-policy log-probs, KL to a reference,
+values of a full-vocabulary function) into a loss. It holds hyper-parameters only, never trainer state,
+so it is a pure function of its inputs and can be unit-tested by hand. What it needs beyond the
+policy's log-probs it declares once, in ``needs()`` (``objectives.needs.Needs``).
 
 Metric convention: every value in ``ObjectiveOutput.metrics`` is a token-weighted *contribution*
 (already divided by the normaliser ``num_tokens``), so summing over micro-batches and ranks gives
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from psft_lightning.errors import ConfigError
+from psft_lightning.objectives.needs import Needs
 
 ENTRY_POINT_GROUP = "psft_lightning.objectives"
 
@@ -35,12 +37,18 @@ class ObjectiveInputs:
     num_tokens: float | Tensor | None = None
     old_logprobs: Tensor | None = None
     ref_kl: Tensor | None = None
+    entropy: Tensor | None = None
+    vocab: Tensor | None = None
 
 
 @dataclass
 class ObjectiveOutput:
+    """The loss, its metric contributions, and optional per-token diagnostics (detached tensors aligned
+    with the inputs' tokens, e.g. PSFT's ratios) that callbacks read from the step's outputs."""
+
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    tokens: dict[str, Tensor] = field(default_factory=dict)
 
 
 def normaliser(mask: Tensor, num_tokens: float | Tensor | None) -> Tensor:
@@ -73,25 +81,29 @@ def nll_loss(logprobs: Tensor, mask: Tensor, num_tokens: float | Tensor | None =
 class Objective:
     """Base class of every objective plugin.
 
-    Subclasses set ``name`` and implement ``__call__``. They declare what they need:
-    ``needs_old_logprobs(step)`` asks the OldPolicy callback for a frozen snapshot's log-probs, and
-    ``needs_reference`` asks the module to keep the frozen initial model and compute ``ref_kl``.
+    Subclasses set ``name`` (``@register_objective``), implement ``__call__`` and, if they use more than
+    the policy's log-probs, override ``needs()``.
     """
 
     name: ClassVar[str] = ""
-    needs_reference: ClassVar[bool] = False
 
-    def needs_old_logprobs(self, step: int) -> bool:
-        return False
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        legacy = [a for a in _LEGACY_FLAGS if a in vars(cls)]
+        if legacy:
+            raise TypeError(
+                f"{cls.__qualname__} declares {', '.join(legacy)}, which objectives no longer read: "
+                "override needs() and return psft_lightning.objectives.Needs(old_policy_from=..., "
+                "ref_kl='reverse' | 'forward', vocab_fn=..., entropy=...) instead"
+            )
 
-    @property
-    def uses_old_policy(self) -> bool:
-        """True if the objective needs the old policy at any step (so a snapshot must be kept)."""
-        return False
+    def needs(self) -> Needs:
+        """What this objective needs beyond the policy's log-probs, for the whole run."""
+        return Needs()
 
-    def old_policy_start_step(self) -> int:
-        """The step the old-policy refresh schedule is anchored to (first step that needs it)."""
-        return 0
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        """Charts this objective adds to the TensorBoard dashboard: chart title -> metric tags."""
+        return {}
 
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__")
@@ -99,6 +111,9 @@ class Objective:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
+
+
+_LEGACY_FLAGS = ("needs_reference", "needs_old_logprobs", "uses_old_policy", "old_policy_start_step")
 
 
 _REGISTRY: dict[str, type[Objective]] = {}

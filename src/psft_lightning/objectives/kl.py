@@ -1,9 +1,10 @@
-"""SFT-KL: cross-entropy plus beta * KL(pi_theta || pi_ref) to the frozen initial model."""
+"""SFT-KL: cross-entropy plus beta * KL to the frozen initial model, in either direction."""
 
 from __future__ import annotations
 
 from psft_lightning.errors import ConfigError
 from psft_lightning.objectives.base import (
+    Needs,
     Objective,
     ObjectiveInputs,
     ObjectiveOutput,
@@ -11,22 +12,29 @@ from psft_lightning.objectives.base import (
     normaliser,
     register_objective,
 )
+from psft_lightning.ops import KLDirection
 
 
 @register_objective("kl")
 class KL(Objective):
-    """loss = NLL + beta * token-mean of the full-vocabulary KL(pi_theta || pi_ref).
+    """loss = NLL + beta * token-mean of the full-vocabulary KL to pi_ref.
 
-    The reference is the policy's initial weights, frozen and never refreshed (unlike PSFT's old
-    policy). The per-token KL is exact over the vocabulary, computed by ``ops`` in chunks.
+    ``direction`` ``reverse`` (default) is KL(pi_theta || pi_ref), ``forward`` KL(pi_ref || pi_theta);
+    the SFT-KL baselines in the literature use both. The reference is the policy's initial weights,
+    frozen and never refreshed (unlike PSFT's old policy). The per-token KL is exact over the
+    vocabulary, computed by ``ops`` in chunks.
     """
 
-    needs_reference = True
-
-    def __init__(self, beta: float = 0.1) -> None:
+    def __init__(self, beta: float = 0.1, direction: KLDirection = "reverse") -> None:
         if beta < 0:
             raise ConfigError(f"kl beta must be >= 0, got {beta}")
+        if direction not in ("reverse", "forward"):
+            raise ConfigError(f"kl direction must be reverse or forward, got {direction!r}")
         self.beta = beta
+        self.direction = direction
+
+    def needs(self) -> Needs:
+        return Needs(ref_kl=self.direction)
 
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         if inputs.ref_kl is None:

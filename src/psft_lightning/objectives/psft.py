@@ -7,6 +7,7 @@ from torch import Tensor
 
 from psft_lightning.errors import ConfigError
 from psft_lightning.objectives.base import (
+    Needs,
     Objective,
     ObjectiveInputs,
     ObjectiveOutput,
@@ -35,6 +36,19 @@ def psft_loss(
     learning. ``num_tokens`` defaults to ``mask.sum()`` (token-mean); the module passes the loss-token
     count of the whole optimizer step so accumulation and data parallelism keep the exact token-mean.
     """
+    loss, metrics, _ = psft_terms(logprobs, old_logprobs, mask, clip_low, clip_high, num_tokens)
+    return loss, metrics
+
+
+def psft_terms(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    num_tokens: float | Tensor | None,
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """``psft_loss`` plus its per-token ratios and upper-clip flags (detached, already computed)."""
     if logprobs.shape != old_logprobs.shape or logprobs.shape != mask.shape:
         raise ValueError(
             f"psft_loss needs logprobs, old_logprobs and mask of one shape, got "
@@ -49,14 +63,15 @@ def psft_loss(
     loss = masked_contribution(-surrogate, mask, denom)
     with torch.no_grad():
         ratio_d = ratio.detach()
+        high = ratio_d > 1.0 + clip_high
         metrics = {
-            "psft/clip_frac_high": masked_contribution(ratio_d > 1.0 + clip_high, mask, denom),
+            "psft/clip_frac_high": masked_contribution(high, mask, denom),
             "psft/clip_frac_low": masked_contribution(ratio_d < 1.0 - clip_low, mask, denom),
             "psft/ratio_mean": masked_contribution(ratio_d, mask, denom),
             "psft/ratio_max": ratio_d.masked_fill(~mask, 0.0).max() if mask.any() else ratio_d.new_ones(()),
             "psft/approx_kl": masked_contribution(-log_ratio.detach(), mask, denom),
         }
-    return loss, metrics
+    return loss, metrics, {"psft/ratio": ratio_d, "psft/clipped_high": high & mask}
 
 
 def check_clip(clip_low: float, clip_high: float) -> None:
@@ -75,12 +90,8 @@ class PSFT(Objective):
         self.clip_low = clip_low
         self.clip_high = clip_high
 
-    @property
-    def uses_old_policy(self) -> bool:
-        return True
-
-    def needs_old_logprobs(self, step: int) -> bool:
-        return True
+    def needs(self) -> Needs:
+        return Needs(old_policy_from=0)
 
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         if inputs.old_logprobs is None:
@@ -88,7 +99,7 @@ class PSFT(Objective):
                 "PSFT needs old-policy log-probs but none were given: train through PSFTModule, whose "
                 "OldPolicy callback provides them (or pass old_logprobs yourself)."
             )
-        loss, metrics = psft_loss(
+        loss, metrics, tokens = psft_terms(
             inputs.logprobs,
             inputs.old_logprobs,
             inputs.mask,
@@ -97,4 +108,4 @@ class PSFT(Objective):
             inputs.num_tokens,
         )
         _, nll = nll_loss(inputs.logprobs.detach(), inputs.mask, inputs.num_tokens)
-        return ObjectiveOutput(loss, {**metrics, **nll})
+        return ObjectiveOutput(loss, {**metrics, **nll}, tokens)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from psft_lightning.errors import ConfigError
-from psft_lightning.objectives.base import ObjectiveInputs, ObjectiveOutput, nll_loss, register_objective
+from psft_lightning.objectives.base import (
+    Needs,
+    ObjectiveInputs,
+    ObjectiveOutput,
+    nll_loss,
+    register_objective,
+)
 from psft_lightning.objectives.psft import PSFT
 
 
@@ -17,11 +23,8 @@ class PSFTWarmup(PSFT):
             raise ConfigError(f"psft_warmup warmup_steps must be >= 0, got {warmup_steps}")
         self.warmup_steps = warmup_steps
 
-    def needs_old_logprobs(self, step: int) -> bool:
-        return step >= self.warmup_steps
-
-    def old_policy_start_step(self) -> int:
-        return self.warmup_steps
+    def needs(self) -> Needs:
+        return Needs(old_policy_from=self.warmup_steps)
 
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         if inputs.step < self.warmup_steps:

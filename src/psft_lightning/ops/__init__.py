@@ -1,5 +1,22 @@
-"""Memory-lean LM-head math: per-token log-probs, entropy and KL without full fp32 logits."""
+"""Memory-lean LM-head math: per-token log-probs, entropy, KL and user vocabulary functions without
+full fp32 logits."""
 
-from psft_lightning.ops.lm_head import TokenStats, auto_chunk_size, chunked_token_stats, naive_token_stats
+from psft_lightning.ops.lm_head import (
+    KLDirection,
+    TokenStats,
+    auto_chunk_size,
+    chunked_token_stats,
+    naive_token_stats,
+)
+from psft_lightning.ops.vocab import VocabFn, chunked_vocab_values, naive_vocab_values
 
-__all__ = ["TokenStats", "auto_chunk_size", "chunked_token_stats", "naive_token_stats"]
+__all__ = [
+    "KLDirection",
+    "TokenStats",
+    "VocabFn",
+    "auto_chunk_size",
+    "chunked_token_stats",
+    "chunked_vocab_values",
+    "naive_token_stats",
+    "naive_vocab_values",
+]

@@ -9,11 +9,13 @@ benchmarks, and as the fallback for heads this kernel does not cover (bias, logi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+KLDirection = Literal["reverse", "forward"]
 CHUNK_ELEMENTS = 2**25  # one [chunk, vocab] fp32 buffer of about 128 MiB
 
 
@@ -30,7 +32,13 @@ class TokenStats:
     logprobs: Tensor  # log pi(target), differentiable
     entropy: Tensor  # entropy of pi over the vocabulary, detached
     correct: Tensor  # argmax == target, bool
-    ref_kl: Tensor | None = None  # KL(pi || pi_ref) over the vocabulary, differentiable
+    ref_kl: Tensor | None = None  # KL to pi_ref over the vocabulary (either direction), differentiable
+    vocab: Tensor | None = None  # values of a full-vocabulary function (ops.vocab), differentiable
+
+
+def check_direction(direction: str) -> None:
+    if direction not in ("reverse", "forward"):
+        raise ValueError(f"kl_direction must be 'reverse' or 'forward', got {direction!r}")
 
 
 def _chunk_logits(hidden: Tensor, weight: Tensor, dtype: torch.dtype) -> Tensor:
@@ -54,7 +62,7 @@ class _ChunkedHeadStats(torch.autograd.Function):
     logits once and turns them into the logit gradient in place (about two [chunk, V] buffers)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ref_hidden, ref_weight, chunk_size):
+    def forward(ctx, hidden, weight, targets, ref_hidden, ref_weight, chunk_size, forward_kl):
         dtype = hidden.dtype
         if torch.is_autocast_enabled(hidden.device.type):
             dtype = torch.get_autocast_dtype(hidden.device.type)
@@ -79,11 +87,16 @@ class _ChunkedHeadStats(torch.autograd.Function):
                 if with_ref:
                     logq = _chunk_logits(ref_hidden[sl], ref_w, dtype)
                     ref_lse[sl] = torch.logsumexp(logq, dim=-1)
-                    ref_kl[sl] = _rowdot(p, logq.sub_(ref_lse[sl, None]).neg_().add_(logp))
+                    if forward_kl:  # KL(q || p) = sum q (log q - log p)
+                        logq.sub_(ref_lse[sl, None])
+                        ref_kl[sl] = _rowdot(logq.exp(), logq.sub_(logp))
+                    else:
+                        ref_kl[sl] = _rowdot(p, logq.sub_(ref_lse[sl, None]).neg_().add_(logp))
         ctx.save_for_backward(hidden, weight, targets, ref_hidden, ref_weight, ref_kl, lse, ref_lse)
         ctx.chunk_size = chunk_size
         ctx.dtype = dtype
         ctx.with_ref = with_ref
+        ctx.forward_kl = forward_kl
         ctx.mark_non_differentiable(entropy, correct)
         return logprobs, entropy, correct, ref_kl
 
@@ -100,7 +113,12 @@ class _ChunkedHeadStats(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for sl in _chunks(hidden.shape[0], ctx.chunk_size):
                 logp = _chunk_logits(hidden[sl], w, dtype).sub_(lse[sl, None])
-                if use_kl:
+                if use_kl and ctx.forward_kl:
+                    # d KL(q || p) / d z = p - q
+                    grad_z = _chunk_logits(ref_hidden[sl], ref_w, dtype).sub_(ref_lse[sl, None]).exp_().neg_()
+                    p = logp.exp_()
+                    grad_z.add_(p).mul_(grad_ref_kl[sl, None].to(acc_dtype))
+                elif use_kl:
                     # d KL / d z = p * (logp - logq - KL)
                     grad_z = _chunk_logits(ref_hidden[sl], ref_w, dtype).sub_(ref_lse[sl, None])
                     grad_z.neg_().add_(logp).sub_(ref_kl[sl, None]).mul_(grad_ref_kl[sl, None].to(acc_dtype))
@@ -121,7 +139,7 @@ class _ChunkedHeadStats(torch.autograd.Function):
                     grad_hidden[sl] = (grad_z @ w).to(hidden.dtype)
                 grad_weight += (grad_z.t() @ hidden[sl].to(dtype)).to(acc_dtype)
         grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def chunked_token_stats(
@@ -131,10 +149,12 @@ def chunked_token_stats(
     ref_hidden: Tensor | None = None,
     ref_weight: Tensor | None = None,
     chunk_size: int | None = None,
+    kl_direction: KLDirection = "reverse",
 ) -> TokenStats:
     """Stats for ``hidden [N, H]`` through the head ``weight [V, H]`` at ``targets [N]``.
 
-    With ``ref_hidden``/``ref_weight`` (no grad) it also returns the exact KL(pi || pi_ref) per token.
+    With ``ref_hidden``/``ref_weight`` (no grad) it also returns the exact per-token KL to the reference:
+    KL(pi || pi_ref) for ``kl_direction`` ``reverse``, KL(pi_ref || pi) for ``forward``.
     Memory is O(chunk_size * V) instead of O(N * V); log-softmax is fp32 even under bf16 autocast.
     ``chunk_size`` None picks ``auto_chunk_size(V)``.
     """
@@ -142,16 +162,20 @@ def chunked_token_stats(
         chunk_size = auto_chunk_size(weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_direction(kl_direction)
     if ref_hidden is not None:
         ref_hidden, ref_weight = ref_hidden.detach(), ref_weight.detach()
     logprobs, entropy, correct, ref_kl = _ChunkedHeadStats.apply(
-        hidden, weight, targets, ref_hidden, ref_weight, chunk_size
+        hidden, weight, targets, ref_hidden, ref_weight, chunk_size, kl_direction == "forward"
     )
     return TokenStats(logprobs, entropy, correct, ref_kl if ref_hidden is not None else None)
 
 
-def naive_token_stats(logits: Tensor, targets: Tensor, ref_logits: Tensor | None = None) -> TokenStats:
+def naive_token_stats(
+    logits: Tensor, targets: Tensor, ref_logits: Tensor | None = None, kl_direction: KLDirection = "reverse"
+) -> TokenStats:
     """The same stats from full ``[N, V]`` logits (reference implementation, and fallback path)."""
+    check_direction(kl_direction)
     acc_dtype = torch.promote_types(logits.dtype, torch.float32)
     logp = F.log_softmax(logits.to(acc_dtype), dim=-1)
     logprobs = logp.gather(1, targets[:, None]).squeeze(1)
@@ -161,5 +185,8 @@ def naive_token_stats(logits: Tensor, targets: Tensor, ref_logits: Tensor | None
     ref_kl = None
     if ref_logits is not None:
         logq = F.log_softmax(ref_logits.detach().to(acc_dtype), dim=-1)
-        ref_kl = (logp.exp() * (logp - logq)).sum(-1)
+        if kl_direction == "forward":
+            ref_kl = (logq.exp() * (logq - logp)).sum(-1)
+        else:
+            ref_kl = (logp.exp() * (logp - logq)).sum(-1)
     return TokenStats(logprobs, entropy, correct, ref_kl)
