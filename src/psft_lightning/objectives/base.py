@@ -93,6 +93,10 @@ class Objective:
         """The step the old-policy refresh schedule is anchored to (first step that needs it)."""
         return 0
 
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        """Charts this objective adds to the TensorBoard dashboard: chart title -> metric tags."""
+        return {}
+
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__")
 

@@ -28,6 +28,9 @@ class KL(Objective):
             raise ConfigError(f"kl beta must be >= 0, got {beta}")
         self.beta = beta
 
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        return {"approx-KL and ref-KL": ["kl/ref_kl"]}
+
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         if inputs.ref_kl is None:
             raise ValueError("The kl objective needs ref_kl (per-token KL to the reference model).")

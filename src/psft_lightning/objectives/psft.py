@@ -82,6 +82,13 @@ class PSFT(Objective):
     def needs_old_logprobs(self, step: int) -> bool:
         return True
 
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        return {
+            "clip fractions (high/low)": ["psft/clip_frac_high", "psft/clip_frac_low"],
+            "ratio mean/max": ["psft/ratio_mean", "psft/ratio_max"],
+            "approx-KL and ref-KL": ["psft/approx_kl"],
+        }
+
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         if inputs.old_logprobs is None:
             raise ValueError(
