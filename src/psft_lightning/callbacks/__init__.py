@@ -1,6 +1,7 @@
 """Callbacks that own training-time state beside the module."""
 
+from psft_lightning.callbacks.dashboard import Dashboard
 from psft_lightning.callbacks.generation_eval import GenerationEval
 from psft_lightning.callbacks.old_policy import OldPolicy
 
-__all__ = ["GenerationEval", "OldPolicy"]
+__all__ = ["Dashboard", "GenerationEval", "OldPolicy"]
