@@ -6,16 +6,19 @@ from __future__ import annotations
 import glob
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_reproduce import load_script
 
+from psft_lightning.callbacks import GenerationEval
 from psft_lightning.callbacks.dashboard import (
     RUN,
     TRAINING,
     custom_scalars_layout,
     dashboard_charts,
+    final_metric_names,
     merge_charts,
 )
 from psft_lightning.cli import run_cli
@@ -74,6 +77,16 @@ def test_layout_regexes_name_exactly_one_tag():
     assert kind == "Multiline"
     assert re.match(loss, "train/loss") and not re.match(loss, "train/loss_ema")
     assert re.match(avg, "eval/avg@4") and not re.match(avg, "eval/avg@40")
+
+
+def test_hparams_metrics_add_what_the_eval_callback_logged_but_not_its_timing():
+    evaluation = GenerationEval()
+    evaluation.history = [
+        (0, {"eval/accuracy": 0.5, "perf/eval_seconds": 3.0}),
+        (4, {"eval/accuracy": 0.6, "ood/mc_acc": 0.3}),
+    ]
+    names = final_metric_names(SimpleNamespace(callbacks=[evaluation]))
+    assert names == ["val/loss", "val/entropy", "val/token_accuracy", "eval/accuracy", "ood/mc_acc"]
 
 
 def event_tags(folder: str) -> dict[str, list[str]]:

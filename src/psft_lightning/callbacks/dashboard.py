@@ -9,6 +9,7 @@ Objectives add their own charts through ``Objective.dashboard_charts``; nothing 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -19,6 +20,8 @@ from torch.utils.tensorboard.summary import hparams
 
 from psft_lightning.callbacks.generation_eval import GenerationEval
 from psft_lightning.callbacks.old_policy import OldPolicy
+
+log = logging.getLogger(__name__)
 
 Charts = dict[str, list[str]]
 HParam = bool | int | float | str
@@ -140,8 +143,13 @@ class Dashboard(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = self._writes(trainer)
-        if logger is not None:
-            logger.experiment.add_custom_scalars(custom_scalars_layout(dashboard_charts(pl_module.objective)))
+        if logger is None:
+            return
+        logger.experiment.add_custom_scalars(custom_scalars_layout(dashboard_charts(pl_module.objective)))
+        log.info(
+            "dashboard: tensorboard --logdir %s, then open http://localhost:6006/#custom_scalars",
+            logger.save_dir,
+        )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """After every callback's ``on_fit_end`` (GenerationEval's final evaluation included).
