@@ -20,6 +20,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from psft_lightning.callbacks.generation_eval import GenerationEval
 from psft_lightning.callbacks.old_policy import OldPolicy
+from psft_lightning.objectives import Objective
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def merge_charts(*chart_sets: Charts) -> Charts:
     return merged
 
 
-def dashboard_charts(objective) -> dict[str, Charts]:
+def dashboard_charts(objective: Objective) -> dict[str, Charts]:
     """Category -> chart title -> metric tags, for a run of ``objective``."""
     charts = merge_charts(TRAINING_CHARTS, objective.dashboard_charts(), RUN_CHARTS)
     return {
