@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_reproduce import load_script
 
@@ -24,7 +25,8 @@ from psft_lightning.callbacks.dashboard import (
 from psft_lightning.cli import run_cli
 from psft_lightning.objectives import CE, KL, PSFT, Objective, PSFTWarmup
 
-TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = str(CONFIGS / "tiny.yaml")
 COMMON = ["loss and nll", "entropy (train, val)"]
 PSFT_CHARTS = ["clip fractions (high/low)", "ratio mean/max", "approx-KL and ref-KL"]
 RUN_TITLES = ["val loss and token accuracy", "lr and grad norm", "tokens/s"]
@@ -87,6 +89,16 @@ def test_hparams_metrics_add_what_the_eval_callback_logged_but_not_its_timing():
     ]
     names = final_metric_names(SimpleNamespace(callbacks=[evaluation]))
     assert names == ["val/loss", "val/entropy", "val/token_accuracy", "eval/accuracy", "ood/mc_acc"]
+
+
+def test_every_shipped_logger_drops_the_placeholder_metric():
+    loggers = {}
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        logger = yaml.safe_load(path.read_text()).get("trainer", {}).get("logger")
+        if logger is not None:
+            loggers[path.name] = logger["init_args"].get("default_hp_metric")
+    assert len(loggers) == 9
+    assert set(loggers.values()) == {False}
 
 
 def event_tags(folder: str) -> dict[str, list[str]]:
