@@ -155,7 +155,7 @@ def run_config(objective: str, budget: Budget, model: str, seed: int, out: Path,
         default_root_dir=str(out / name),
         logger={
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": str(out), "name": name, "version": ""},
+            "init_args": {"save_dir": str(out), "name": name, "version": "", "default_hp_metric": False},
         },
     )
     callbacks = [c for c in trainer.get("callbacks", []) if not c["class_path"].endswith("ModelCheckpoint")]

@@ -35,7 +35,7 @@ TRAIN_TAGS = {
     "train/token_accuracy",
     "train/lr",
     "train/grad_norm",
-    "perf/tokens_per_sec",
+    "train/tokens_per_sec",
     "val/loss",
     "val/token_accuracy",
 }

@@ -2,7 +2,8 @@
 
 ``psft fit --config configs/psft.yaml`` trains; ``--print_config`` prints a complete runnable config.
 ``psft export <checkpoint> <out_dir>`` writes a trained checkpoint as a Hugging Face model directory.
-Every run writes checkpoints atomically and saves ``last.ckpt`` when it is stopped with SIGTERM.
+Every run writes checkpoints atomically and saves ``last.ckpt`` when it is stopped with SIGTERM, and
+its TensorBoard logger gets the Dashboard (custom-scalars layout, HPARAMS) and no ``hp_metric`` placeholder.
 Problems with the user's data or settings are printed as one paragraph, without a traceback.
 """
 
@@ -18,6 +19,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from psft_lightning.callbacks.dashboard import Dashboard, without_hp_metric
 from psft_lightning.checkpointing import (
     PREEMPTED_EXIT_CODE,
     CheckpointOnSignal,
@@ -79,6 +81,8 @@ class PSFTCLI(LightningCLI):
             if "gpu" not in str(err).lower():  # only a strategy that needs GPUs this machine lacks
                 raise
             raise ConfigError(f"trainer.strategy cannot run on this machine: {err}. {SHARDING_HINT}") from err
+        if self._get(self.config_init, "trainer", default={}).get("logger") in (None, True):
+            without_hp_metric(trainer)
         check_backend(trainer.strategy)
         use_atomic_checkpoints(trainer)
         return trainer
@@ -170,7 +174,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> PSFTCLI:
         parser_class=PSFTArgumentParser,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": DESCRIPTION},
-        trainer_defaults={"callbacks": [CheckpointOnSignal()]},
+        trainer_defaults={"callbacks": [CheckpointOnSignal(), Dashboard()]},
         args=args,
         run=run,
     )

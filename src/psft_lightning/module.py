@@ -331,7 +331,7 @@ class PSFTModule(L.LightningModule):
         now = time.perf_counter()
         tokens = sums.pop("perf/step_tokens")
         if self._last_step_end is not None:
-            sums["perf/tokens_per_sec"] = tokens / max(now - self._last_step_end, 1e-9)
+            sums["train/tokens_per_sec"] = tokens / max(now - self._last_step_end, 1e-9)
         self._last_step_end = now
         sums["train/lr"] = torch.tensor(self.lr_schedulers().get_last_lr()[0])
         # x-axis = optimizer steps completed, this one included (also what checkpoint names show);
@@ -343,7 +343,7 @@ class PSFTModule(L.LightningModule):
                 value,
                 on_step=True,
                 on_epoch=False,
-                prog_bar=name in ("train/loss", "train/nll", "perf/tokens_per_sec"),
+                prog_bar=name in ("train/loss", "train/nll", "train/tokens_per_sec"),
             )
 
     def on_train_start(self) -> None:

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgre
 SHORT_NAMES = {
     "train/loss": "loss",
     "train/nll": "nll",
-    "perf/tokens_per_sec": "tok/s",
+    "train/tokens_per_sec": "tok/s",
     "val/loss": "val_loss",
 }
 
@@ -21,7 +21,7 @@ def short_metrics(items: dict[str, Any]) -> dict[str, Any]:
     for name, value in items.items():
         if name == "v_num":
             continue
-        if name == "perf/tokens_per_sec" and isinstance(value, float):
+        if name == "train/tokens_per_sec" and isinstance(value, float):
             value = f"{value:.0f}"
         shown[SHORT_NAMES.get(name, name)] = value
     return shown

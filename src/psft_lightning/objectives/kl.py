@@ -36,6 +36,9 @@ class KL(Objective):
     def needs(self) -> Needs:
         return Needs(ref_kl=self.direction)
 
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        return {"approx-KL and ref-KL": ["kl/ref_kl"]}
+
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         if inputs.ref_kl is None:
             raise ValueError("The kl objective needs ref_kl (per-token KL to the reference model).")

@@ -93,6 +93,13 @@ class PSFT(Objective):
     def needs(self) -> Needs:
         return Needs(old_policy_from=0)
 
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        return {
+            "clip fractions (high/low)": ["psft/clip_frac_high", "psft/clip_frac_low"],
+            "ratio mean/max": ["psft/ratio_mean", "psft/ratio_max"],
+            "approx-KL and ref-KL": ["psft/approx_kl"],
+        }
+
     def __call__(self, inputs: ObjectiveInputs) -> ObjectiveOutput:
         if inputs.old_logprobs is None:
             raise ValueError(
