@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_run import subprocess_env
 
 from psft_lightning.data import Fields, PSFTDataModule, row_to_example
 from psft_lightning.data.sources import read_rows
@@ -45,7 +45,7 @@ def psft_fit(tmp_path, train: Path, *extra: str) -> subprocess.CompletedProcess:
         f"--trainer.logger.init_args.save_dir={tmp_path}",
         *extra,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
 
 

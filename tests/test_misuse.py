@@ -3,14 +3,13 @@ errors in plugin arguments, small datasets, a changed schedule horizon, paths an
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny_run import subprocess_env
 
 from psft_lightning.checkpointing import PREEMPTED_EXIT_CODE
 from psft_lightning.schedule import lr_factor
@@ -22,17 +21,10 @@ PLUGINS = str(REPO / "tests" / "plugins")
 
 
 def psft(*args: str, cwd: Path = REPO, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": PLUGINS, "MASTER_PORT": str(free_port())}
+    env = subprocess_env(PYTHONPATH=PLUGINS)
     return subprocess.run(
         [PSFT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def free_port() -> int:
-    """A port for the rendezvous of multi-process runs, so parallel test runs do not collide."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fit_args(root: Path, files: tuple[str, str], *extra: str) -> list[str]:

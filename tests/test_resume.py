@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from tiny_run import subprocess_env
 
 from psft_lightning.checkpointing import PREEMPTED_EXIT_CODE, AtomicCheckpointIO, Preempted
 from psft_lightning.cli import main, run_cli
@@ -131,7 +132,7 @@ def test_sigterm_subprocess_saves_last_checkpoint_and_resumes(tmp_path, arithmet
     args = fit_args(TINY_YAML, arithmetic_files, tmp_path / "run", f"--config={callbacks}")
     args += ["--trainer.accumulate_grad_batches=2"]
     cmd = [sys.executable, "-m", "psft_lightning.cli", "fit", *args, "--trainer.max_steps=100000"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -3,6 +3,7 @@ the checkpointing the CLI uses; shared by the export and LoRA tests."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -46,3 +47,15 @@ def train_tiny(
     )
     trainer.fit(module, datamodule=data)
     return module, root / "checkpoints" / "last.ckpt"
+
+
+# Set in this process by in-process Lightning runs (and by torchrun): a `psft` subprocess that inherits
+# them believes another launcher started it and waits for ranks that never come.
+LAUNCHER_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE")
+LAUNCHER_ENV += ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a ``psft`` subprocess, one thread, without launcher variables."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV and not k.startswith("PL_")}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}
