@@ -165,20 +165,20 @@ class ShardProbe(L.Callback):
         from torch.distributed.tensor.debug import CommDebugMode
 
         old_policy = next(c for c in trainer.callbacks if isinstance(c, OldPolicy))
-        twins = {"old_policy": pl_module.old_policy, "callback_snapshot": old_policy.model}
+        twins = {"old_policy": pl_module.old_policy, "callback_snapshot": old_policy.old.model}
         for name, model in twins.items():
             params = list(model.parameters())
             self.report[f"{name}_all_dtensor"] = all(isinstance(p, DTensor) for p in params)
             self.report[f"{name}_local_fraction"] = sum(p.to_local().numel() for p in params) / sum(
                 p.numel() for p in params
             )
-        self.report["snapshot_is_module_old_policy"] = old_policy.model is pl_module.old_policy
+        self.report["snapshot_is_module_old_policy"] = old_policy.old.model is pl_module.old_policy
         with CommDebugMode() as comm:
-            old_policy.refresh(pl_module.policy, trainer.global_step)
+            old_policy.old.refresh(trainer.global_step, coming=lambda: ())
         self.report["refresh_collectives"] = comm.get_total_counts()
         batch = next(iter(trainer.train_dataloader))
         with CommDebugMode() as comm:
-            pl_module.token_logprobs(pl_module.old_policy, batch)
+            pl_module.old.logprobs(batch, trainer.global_step + 1)
         self.report["snapshot_forward_collectives"] = comm.get_total_counts()
 
 

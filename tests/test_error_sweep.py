@@ -89,7 +89,7 @@ ROUTES = {
 
 SITES = {
     "psft_lightning.callbacks.old_policy:OldPolicy.__init__": "fit",
-    "psft_lightning.callbacks.old_policy:OldPolicy.look_ahead": "lookahead",
+    "psft_lightning.callbacks.old_policy:OldPolicy._batches": "lookahead",
     "psft_lightning.callbacks.old_policy:OldPolicy._apply": "resume",
     "psft_lightning.callbacks.clipped_tokens:ClippedTokens.__init__": "clipped",
     "psft_lightning.checkpointing:check_resumable": "resume",
@@ -142,10 +142,10 @@ SITES = {
     "psft_lightning.models:backbone_and_head": "fit",
     "psft_lightning.models:check_packed_attention": "packing",
     "psft_lightning.module:PSFTModule.__init__": "fit",
-    "psft_lightning.module:PSFTModule.configure_model": "fit",
-    "psft_lightning.module:PSFTModule._check_strategy": "fit",
-    "psft_lightning.module:PSFTModule._sharder": "fsdp",
-    "psft_lightning.module:PSFTModule.training_step": "fit",
+    "psft_lightning.policies.twins:load_policy": "fit",
+    "psft_lightning.policies.twins:check_strategy": "fit",
+    "psft_lightning.policies.twins:_sharder": "fsdp",
+    "psft_lightning.step.train:train_micro_batch": "fit",
     "psft_lightning.objectives.base:register_objective.wrap": "plugin",
     "psft_lightning.objectives.base:_load_entry_points": "fit",
     "psft_lightning.objectives.base:objective_class": "name",

@@ -40,4 +40,6 @@ def _data(root):
     from psft_lightning.data import Fields, PSFTDataModule
 
     train, val = write_files(root)
-    return PSFTDataModule([train], [val], tokenizer="tiny", fields=Fields(prompt="question", completion="answer"))
+    return PSFTDataModule(
+        [train], [val], tokenizer="tiny", fields=Fields(prompt="question", completion="answer")
+    )
