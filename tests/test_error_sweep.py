@@ -143,6 +143,7 @@ SITES = {
     "psft_lightning.models:check_packed_attention": "packing",
     "psft_lightning.module:PSFTModule.__init__": "fit",
     "psft_lightning.policies.twins:load_policy": "fit",
+    "psft_lightning.policies.twins:PolicySettings.__post_init__": "fit",
     "psft_lightning.policies.twins:check_strategy": "fit",
     "psft_lightning.policies.twins:_sharder": "fsdp",
     "psft_lightning.step.train:train_micro_batch": "fit",

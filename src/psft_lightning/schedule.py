@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from typing import Literal
 
 import torch
@@ -62,3 +63,16 @@ def follow_new_horizon(scheduler, total: int, saved_total: int, schedule: Schedu
             lrs[0],
             step,
         )
+
+
+def lr_schedule(optimizer, warmup_steps: int, total_steps: int, schedule: Schedule, min_lr_ratio: float):
+    """Lightning's scheduler config: ``lr_factor`` per optimizer step."""
+    factor = partial(
+        lr_factor,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        schedule=schedule,
+        min_lr_ratio=min_lr_ratio,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"scheduler": scheduler, "interval": "step"}

@@ -33,6 +33,11 @@ class PolicySettings:
     fsdp_param_dtype: FsdpDtype = "fp32"
     fsdp_reduce_dtype: FsdpDtype = "fp32"
 
+    def __post_init__(self) -> None:
+        for name in ("fsdp_param_dtype", "fsdp_reduce_dtype"):
+            if getattr(self, name) not in ("bf16", "fp32"):
+                raise ConfigError(f"model.{name} must be bf16 or fp32, got {getattr(self, name)!r}")
+
 
 @dataclass
 class Twins:
