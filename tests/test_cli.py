@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import math
+import re
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -43,7 +44,11 @@ def args(tmp_path, arithmetic_files):
 
 def scalars(root, version: int = 0, run: int = 0) -> dict[str, dict[int, float]]:
     """Scalars of the ``run``-th process that logged into ``version_<version>`` (a resume logs there too)."""
-    event_file = sorted(glob.glob(f"{root}/tiny/version_{version}/events.out.tfevents.*"))[run]
+    files = glob.glob(f"{root}/tiny/version_{version}/events.out.tfevents.*")
+    # names end in <time>.<host>.<pid>.<writer counter>: in numeric order (a counter of 10 after 9)
+    event_file = sorted(
+        files, key=lambda name: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+    )[run]
     acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
