@@ -165,6 +165,23 @@ def test_custom_objective_by_class_path_with_init_args(tmp_path, args, monkeypat
     assert math.isfinite(metrics["train/loss"][1]) and metrics["train/loss"][1] > 0
 
 
+def test_readme_objective_with_a_new_need_is_one_file(tmp_path, args, monkeypatch, clean_registry):
+    """README's entropy-bonus objective: ``Needs(entropy=True)`` alone makes the step serve the entropy."""
+    monkeypatch.syspath_prepend(PLUGINS)
+    config = tmp_path / "entropy.yaml"
+    config.write_text(
+        "model:\n  objective:\n    class_path: psft_entropy.EntropyBonusSFT\n    init_args: {bonus: 0.5}\n"
+    )
+    run_cli(["fit", *args, "--config", str(config), "--trainer.max_steps=2"])
+    metrics = scalars(tmp_path)
+    for step in (1, 2):
+        entropy = metrics["bonus/entropy"][step]
+        assert entropy == pytest.approx(metrics["train/entropy"][step], rel=1e-6) and entropy > 1
+        assert metrics["train/loss"][step] == pytest.approx(
+            metrics["train/nll"][step] - 0.5 * entropy, rel=1e-5
+        )
+
+
 def test_custom_objective_by_entry_point_name(tmp_path, args, monkeypatch, clean_registry):
     info = tmp_path / "psft_focal_plugin-0.1.dist-info"
     info.mkdir()
