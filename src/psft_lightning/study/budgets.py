@@ -31,63 +31,33 @@ class Budget:
     expected: str = ""
 
 
+# steps, batch_size, max_length, lr, refresh_every, ce_warmup, eval_every of each budget
+SIZES = {
+    "smoke": (32, 8, 128, 5e-5, 8, 8, 8),
+    "full": (125, 8, 256, 2e-5, 8, 16, 25),  # one epoch of the 1000 training rows
+    "test": (4, 2, 96, 1e-3, 2, 2, 2),  # the tiny random model: the pipeline end to end in seconds (tests)
+}
+SMOKE_EVAL = {"num_eval": 16, "k": 4, "num_sampled": 8, "max_new_tokens": 48, "num_probe": 12}
+TEST_EVAL = {"num_eval": 2, "k": 2, "max_new_tokens": 4, "num_probe": 2, "drift_max_new_tokens": 4}
 BUDGETS = {
     "smoke": Budget(
-        steps=32,
-        batch_size=8,
-        max_length=128,
-        lr=5e-5,
-        refresh_every=8,
-        ce_warmup=8,
-        eval_every=8,
+        *SIZES["smoke"],
         periodic=("entropy",),
-        eval={
-            "num_eval": 16,
-            "k": 4,
-            "num_sampled": 8,
-            "max_new_tokens": 48,
-            "num_probe": 12,
-            "num_mc": 48,
-            "num_drift": 16,
-            "num_if": 12,
-            "if_max_new_tokens": 48,
-        },
+        eval={**SMOKE_EVAL, "num_mc": 48, "num_drift": 16, "num_if": 12, "if_max_new_tokens": 48},
         expected="under 20 minutes on 2 otherwise idle CPU cores",
     ),
     "full": Budget(
-        steps=125,  # one epoch of the 1000 training rows
-        batch_size=8,
-        max_length=256,
-        lr=2e-5,
-        refresh_every=8,
-        ce_warmup=16,
-        eval_every=25,
+        *SIZES["full"],
         periodic=("accuracy", "entropy"),
         eval={"num_eval": 64, "k": 8, "num_sampled": 64, "max_new_tokens": 64, "num_probe": 64},
         seeds=(0, 1),
         expected="estimated, not measured: 2-3 hours per seed on 2 idle CPU cores (about 110 training "
         "tokens/s), well under an hour per seed on one GPU",
     ),
-    "test": Budget(  # the tiny random model: the pipeline end to end in seconds (tests)
-        steps=4,
-        batch_size=2,
-        max_length=96,
-        lr=1e-3,
-        refresh_every=2,
-        ce_warmup=2,
-        eval_every=2,
+    "test": Budget(
+        *SIZES["test"],
         periodic=("accuracy", "entropy"),
-        eval={
-            "num_eval": 2,
-            "k": 2,
-            "max_new_tokens": 4,
-            "num_probe": 2,
-            "num_mc": 2,
-            "num_drift": 2,
-            "num_if": 2,
-            "if_max_new_tokens": 4,
-            "drift_max_new_tokens": 4,
-        },
+        eval={**TEST_EVAL, "num_mc": 2, "num_drift": 2, "num_if": 2, "if_max_new_tokens": 4},
         model="tiny",
         train_file="data/arithmetic/val.jsonl",  # 64 rows tokenise at once; the pipeline is what is tested
         expected="seconds",
