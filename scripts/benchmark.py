@@ -206,7 +206,8 @@ def peak_flops(device: str, override: float | None) -> float | None:
 # ------------------------------------------------------------------------------------- one case
 def build_module(variants: list[dict], spec: dict, args):
     """One policy for all variants of a case (plus the reference and old policy they need)."""
-    from psft_lightning.module import PSFTModule, frozen
+    from psft_lightning.module import PSFTModule
+    from psft_lightning.policies import frozen
 
     objectives = {v["objective"] for v in variants}
     module = PSFTModule(
@@ -280,7 +281,8 @@ def run_ours(case: dict, spec: dict, args) -> list[dict]:
                     stats = naive_stats(module, batch)
                 else:
                     stats = module.token_stats(module.policy, batch, reference, needs)
-                old_logprobs = module.token_logprobs(old, batch) if needs.old_policy else None
+                with torch.no_grad():
+                    old_logprobs = module.token_stats(old, batch).logprobs if needs.old_policy else None
                 out = objective(
                     ObjectiveInputs(
                         stats.logprobs,

@@ -1,6 +1,7 @@
 """Shared pytest fixtures: every test starts from the same torch RNG state."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,20 @@ ARITHMETIC_TRAIN = REPO / "data" / "arithmetic" / "train.jsonl"
 def _seed_torch():
     torch.manual_seed(0)
     yield
+
+
+def _kept_environ():
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+# Lightning writes rendezvous variables (LOCAL_RANK, MASTER_PORT, ...) into os.environ when a test (or a
+# module's fixture) builds a multi-process trainer in this process; a later ``psft`` subprocess inherited
+# LOCAL_RANK, took its processes for launched externally and waited forever for a rank never started.
+_restore_environ_per_module = pytest.fixture(scope="module", autouse=True)(_kept_environ)
+_restore_environ_per_test = pytest.fixture(autouse=True)(_kept_environ)
 
 
 @pytest.fixture
@@ -59,7 +74,7 @@ def clean_registry():
     base._REGISTRY.clear()
     base._REGISTRY.update(before)
     for name in set(sys.modules) - modules:
-        if name.startswith(("myplug", "brokenplug", "psft_focal")):
+        if name.startswith(("myplug", "brokenplug", "psft_focal", "psft_entropy")):
             del sys.modules[name]
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -99,6 +102,47 @@ def run(
     return {"train": losses.losses, "grad_norm": grad_norms.losses, "val": losses.val_losses}
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(data: str, out: Path, timeout_s: float = 300) -> dict:
+    """Start both ranks of this job (as torchrun would) and return rank 0's results; raises with both
+    ranks' log tails if one fails."""
+    tests = Path(__file__).resolve().parent
+    port = str(_free_port())
+    ranks = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "WORLD_SIZE": "2",
+            "NODE_RANK": "0",
+            "LOCAL_RANK": str(rank),
+            "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
+        }
+        log = (out / f"rank{rank}.log").open("w")
+        cmd = [sys.executable, str(tests / "fsdp_job.py"), data, str(out)]
+        ranks.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(proc.poll() is None for proc, _ in ranks):
+        if any(proc.poll() for proc, _ in ranks):  # one rank failed: the other would wait on it
+            break
+        time.sleep(0.5)
+    for proc, log in ranks:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    if any(proc.returncode for proc, _ in ranks):
+        tails = "\n".join((out / f"rank{r}.log").read_text()[-3000:] for r in range(2))
+        raise RuntimeError(f"2-process FSDP job failed:\n{tails}")
+    return json.loads((out / "results.json").read_text())
+
+
 class SaveAt(L.Callback):
     """Save a checkpoint after optimizer step ``step``, as ModelCheckpoint(every_n_train_steps) does."""
 
@@ -121,20 +165,20 @@ class ShardProbe(L.Callback):
         from torch.distributed.tensor.debug import CommDebugMode
 
         old_policy = next(c for c in trainer.callbacks if isinstance(c, OldPolicy))
-        twins = {"old_policy": pl_module.old_policy, "callback_snapshot": old_policy.model}
+        twins = {"old_policy": pl_module.old_policy, "callback_snapshot": old_policy.old.model}
         for name, model in twins.items():
             params = list(model.parameters())
             self.report[f"{name}_all_dtensor"] = all(isinstance(p, DTensor) for p in params)
             self.report[f"{name}_local_fraction"] = sum(p.to_local().numel() for p in params) / sum(
                 p.numel() for p in params
             )
-        self.report["snapshot_is_module_old_policy"] = old_policy.model is pl_module.old_policy
+        self.report["snapshot_is_module_old_policy"] = old_policy.old.model is pl_module.old_policy
         with CommDebugMode() as comm:
-            old_policy.refresh(pl_module.policy, trainer.global_step)
+            old_policy.old.refresh(trainer.global_step, coming=lambda: ())
         self.report["refresh_collectives"] = comm.get_total_counts()
         batch = next(iter(trainer.train_dataloader))
         with CommDebugMode() as comm:
-            pl_module.token_logprobs(pl_module.old_policy, batch)
+            pl_module.old.logprobs(batch, trainer.global_step + 1)
         self.report["snapshot_forward_collectives"] = comm.get_total_counts()
 
 

@@ -33,7 +33,9 @@ CASES: dict[str, dict] = {
     "psft": {"objective": "psft"},
     "psft_warmup": {"objective": "psft_warmup", "warmup_steps": 2},
     "psft_lookahead": {"objective": "psft", "mode": "lookahead"},
+    "psft_lora": {"objective": "psft", "lora": {"r": 4}},
 }
+FSDP_KEY = "fsdp_2_process"  # the 2-process FSDP2 job of tests/fsdp_job.py, checked by test_fsdp.py
 
 
 def write_files(root: Path) -> tuple[str, str]:
@@ -54,7 +56,9 @@ def run_case(case: dict, root: Path) -> dict[str, dict[str, float]]:
         [train], [val], tokenizer="tiny", fields=Fields(prompt="question", completion="answer"), batch_size=2
     )
     objective = PSFTWarmup(warmup_steps=case["warmup_steps"]) if "warmup_steps" in case else case["objective"]
-    module = PSFTModule(model="tiny", objective=objective, lr=3e-3, schedule="constant")
+    module = PSFTModule(
+        model="tiny", objective=objective, lr=3e-3, schedule="constant", lora=case.get("lora")
+    )
     recorder = StepLosses()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -77,6 +81,19 @@ def run_case(case: dict, root: Path) -> dict[str, dict[str, float]]:
     }
 
 
+def record_fsdp() -> dict[str, dict]:
+    """Per-step train and val losses of every run of the 2-process FSDP2 job."""
+    from fsdp_job import launch, write_data
+
+    with tempfile.TemporaryDirectory() as root:
+        results = launch(write_data(Path(root) / "train.jsonl"), Path(root))
+    return {
+        name: {kind: runs[kind] for kind in ("train", "val")}
+        for name, runs in results.items()
+        if isinstance(runs, dict) and "train" in runs
+    }
+
+
 def record_all() -> dict[str, dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the test suite runs
@@ -85,6 +102,7 @@ def record_all() -> dict[str, dict]:
         for name, case in CASES.items():
             with tempfile.TemporaryDirectory() as root:
                 out[name] = run_case(case, Path(root))
+        out[FSDP_KEY] = record_fsdp()
         return out
     finally:
         torch.set_num_threads(threads)

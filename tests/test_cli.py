@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import math
+import re
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -43,7 +44,11 @@ def args(tmp_path, arithmetic_files):
 
 def scalars(root, version: int = 0, run: int = 0) -> dict[str, dict[int, float]]:
     """Scalars of the ``run``-th process that logged into ``version_<version>`` (a resume logs there too)."""
-    event_file = sorted(glob.glob(f"{root}/tiny/version_{version}/events.out.tfevents.*"))[run]
+    files = glob.glob(f"{root}/tiny/version_{version}/events.out.tfevents.*")
+    # names end in <time>.<host>.<pid>.<writer counter>: in numeric order (a counter of 10 after 9)
+    event_file = sorted(
+        files, key=lambda name: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+    )[run]
     acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
@@ -158,6 +163,23 @@ def test_custom_objective_by_class_path_with_init_args(tmp_path, args, monkeypat
     metrics = scalars(tmp_path)
     assert 0 < metrics["focal/weight"][1] < 1
     assert math.isfinite(metrics["train/loss"][1]) and metrics["train/loss"][1] > 0
+
+
+def test_readme_objective_with_a_new_need_is_one_file(tmp_path, args, monkeypatch, clean_registry):
+    """README's entropy-bonus objective: ``Needs(entropy=True)`` alone makes the step serve the entropy."""
+    monkeypatch.syspath_prepend(PLUGINS)
+    config = tmp_path / "entropy.yaml"
+    config.write_text(
+        "model:\n  objective:\n    class_path: psft_entropy.EntropyBonusSFT\n    init_args: {bonus: 0.5}\n"
+    )
+    run_cli(["fit", *args, "--config", str(config), "--trainer.max_steps=2"])
+    metrics = scalars(tmp_path)
+    for step in (1, 2):
+        entropy = metrics["bonus/entropy"][step]
+        assert entropy == pytest.approx(metrics["train/entropy"][step], rel=1e-6) and entropy > 1
+        assert metrics["train/loss"][step] == pytest.approx(
+            metrics["train/nll"][step] - 0.5 * entropy, rel=1e-5
+        )
 
 
 def test_custom_objective_by_entry_point_name(tmp_path, args, monkeypatch, clean_registry):

@@ -114,9 +114,7 @@ def test_vocab_objective_through_the_module_matches_full_logits(objective):
         module.policy, batch, module.reference_model() if needs.reference else None, needs
     )
     assert stats.ref_kl is None and stats.vocab is not None
-    out = module.objective(
-        objective_inputs(stats, needs, batch, step=0, num_tokens=float(stats.logprobs.numel()))
-    )
+    out = module.objective(objective_inputs(stats, needs, step=0, num_tokens=float(stats.logprobs.numel())))
     out.loss.backward()
     assert out.loss.item() == pytest.approx(want.item(), abs=1e-5)
     for name, value in want_metrics.items():

@@ -7,16 +7,12 @@ One 2-process job (tests/fsdp_job.py, started like torchrun would) runs every di
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from fsdp_job import PSFT_VARIANTS, RESUME_AT, run, write_data
+from fsdp_job import PSFT_VARIANTS, RESUME_AT, launch, run, write_data
+from loss_record import RECORD
 
 from psft_lightning.cli import run_cli
 from psft_lightning.strategies import FSDP2Strategy
@@ -41,12 +37,6 @@ LOSS_RUNS = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
     return write_data(tmp_path_factory.mktemp("fsdp_data") / "train.jsonl")
@@ -55,41 +45,25 @@ def data(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def two_process(data, tmp_path_factory) -> dict:
     """Results of the 2-process FSDP2 job (both ranks started here, as torchrun would)."""
-    out = tmp_path_factory.mktemp("fsdp_job")
-    port = str(_free_port())
-    ranks = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "WORLD_SIZE": "2",
-            "NODE_RANK": "0",
-            "LOCAL_RANK": str(rank),
-            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        }
-        log = (out / f"rank{rank}.log").open("w")
-        cmd = [sys.executable, str(TESTS / "fsdp_job.py"), data, str(out)]
-        ranks.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and any(proc.poll() is None for proc, _ in ranks):
-        if any(proc.poll() for proc, _ in ranks):  # one rank failed: the other would wait on it
-            break
-        time.sleep(0.5)
-    for proc, log in ranks:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-    if any(proc.returncode for proc, _ in ranks):
-        tails = "\n".join((out / f"rank{r}.log").read_text()[-3000:] for r in range(2))
-        pytest.fail(f"2-process FSDP job failed:\n{tails}")
-    results = json.loads((out / "results.json").read_text())
+    try:
+        results = launch(data, tmp_path_factory.mktemp("fsdp_job"))
+    except RuntimeError as err:
+        pytest.fail(str(err))
     for name in LOSS_RUNS:  # JSON keys are strings; steps are ints
         results[name] = {
             kind: {int(step): loss for step, loss in losses.items()} for kind, losses in results[name].items()
         }
     return results
+
+
+def test_two_process_losses_are_the_recorded_ones(two_process):
+    """Bit-identical to the record written before the redesign (``tests/loss_record.py``)."""
+    recorded = json.loads(RECORD.read_text(encoding="utf-8"))["fsdp_2_process"]
+    assert sorted(recorded) == sorted(LOSS_RUNS)
+    for name in LOSS_RUNS:
+        for kind in ("train", "val"):
+            got = {str(step): loss for step, loss in two_process[name][kind].items()}
+            assert got == recorded[name][kind], (name, kind)
 
 
 @pytest.mark.parametrize("name", ["ce", "kl", "asft", "gift", *PSFT_VARIANTS])

@@ -11,7 +11,6 @@ from peft import PeftModel
 from tiny_run import train_tiny
 from transformers import AutoModelForCausalLM
 
-from psft_lightning.callbacks import OldPolicy
 from psft_lightning.data.collate import collate
 from psft_lightning.errors import ConfigError
 from psft_lightning.export import export_checkpoint
@@ -63,12 +62,9 @@ def test_psft_lora_trains_the_adapters_only_and_lowers_the_loss(tmp_path, arithm
 def test_lora_old_policy_is_an_adapter_snapshot_with_ratio_one_on_refresh():
     module = lora_module()
     module.policy.train()
-    callback = OldPolicy(refresh_every_n_steps=2)
-    callback.model = module.frozen_copy()
-    assert isinstance(callback.model, AdapterSnapshot)
-    assert set(callback.model.state_dict()) == {
-        n for n, p in module.policy.named_parameters() if p.requires_grad
-    }
+    old = module.hold_old_policy("snapshot")
+    assert isinstance(old.model, AdapterSnapshot)
+    assert set(old.model.state_dict()) == {n for n, p in module.policy.named_parameters() if p.requires_grad}
     batch = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS), "labels": IDS}
 
     def update_adapters(delta: float) -> None:  # stands in for an optimizer step
@@ -78,23 +74,24 @@ def test_lora_old_policy_is_an_adapter_snapshot_with_ratio_one_on_refresh():
                     param.add_(delta * torch.randn_like(param))
 
     update_adapters(0.1)
-    callback.refresh(module.policy, step=4)
+    old.refresh(4, coming=lambda: ())
     with torch.no_grad():
         current = module.token_stats(module.policy.eval(), batch).logprobs
     module.policy.train()
-    old = module.token_logprobs(callback.model, batch)
-    assert torch.equal(old, current)  # ratio exactly 1 after a refresh
+    assert old.logprobs(batch, step=4) is None  # the refresh step: pi_old is the policy itself
+    served = old.logprobs(batch, step=5)
+    assert torch.equal(served, current)  # ratio exactly 1 after a refresh
 
     update_adapters(0.1)
     live = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}
-    assert torch.equal(module.token_logprobs(callback.model, batch), old)  # pi_old stays frozen
+    assert torch.equal(old.logprobs(batch, step=5), served)  # pi_old stays frozen
     assert module.policy.training  # the swap gives back the train mode ...
     for name, param in module.policy.named_parameters():  # ... and the live adapter weights
         if param.requires_grad:
             assert torch.equal(param, live[name])
     with torch.no_grad():
         moved = module.token_stats(module.policy.eval(), batch).logprobs
-    assert (moved - old).abs().max() > 1e-4
+    assert (moved - served).abs().max() > 1e-4
 
 
 def test_lora_kl_reference_is_the_base_model_with_adapters_disabled():

@@ -19,8 +19,9 @@ from psft_lightning.callbacks import OldPolicy
 from psft_lightning.data import PSFTDataModule
 from psft_lightning.errors import DataError
 from psft_lightning.models import load_model
-from psft_lightning.module import REFERENCE_PREFIX, PSFTModule
+from psft_lightning.module import PSFTModule
 from psft_lightning.objectives import PSFTWarmup
+from psft_lightning.policies.twins import REFERENCE_PREFIX
 
 # four examples of very unequal length (plain prompt + completion + EOS)
 ROWS = [
@@ -251,7 +252,7 @@ def test_old_policy_state_dict_round_trip():
     old = OldPolicy(refresh_every_n_steps=3)
     old.on_fit_start(None, source)
     perturbed(source, 1)
-    old.refresh(source.policy, step=5)
+    old.old.refresh(5, coming=lambda: ())
     perturbed(source, 2)  # the policy moves on; the snapshot must not
     state = old.state_dict()
     assert state["last_refresh_step"] == 5 and state["refreshes"] == 1
@@ -268,8 +269,8 @@ def test_old_policy_state_dict_round_trip():
             restored.load_state_dict(state)
         assert restored.last_refresh_step == 5 and restored.refreshes == 1
         for (name, a), b in zip(
-            old.model.state_dict().items(), restored.model.state_dict().values(), strict=True
+            old.old.model.state_dict().items(), restored.old.model.state_dict().values(), strict=True
         ):
             assert torch.equal(a, b), name
-        assert not torch.equal(restored.model.lm_head.weight, source.policy.lm_head.weight)
+        assert not torch.equal(restored.old.model.lm_head.weight, source.policy.lm_head.weight)
         assert not restored.is_due(5, 0) and restored.is_due(6, 0) and not restored.is_due(7, 0)

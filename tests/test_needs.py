@@ -54,16 +54,21 @@ def test_objective_inputs_carry_only_what_is_declared():
         ref_kl=torch.tensor([0.1, 0.2]),
         vocab=torch.tensor([3.0, 4.0]),
     )
-    bare = objective_inputs(stats, Needs(), {}, step=5, num_tokens=8.0)
+    bare = objective_inputs(stats, Needs(), step=5, num_tokens=8.0)
     assert bare.entropy is None and bare.old_logprobs is None and bare.step == 5 and bare.num_tokens == 8.0
-    full = objective_inputs(stats, Needs(entropy=True, old_policy_from=0), {"old_is_policy": True}, 5, 8.0)
+    full = objective_inputs(stats, Needs(entropy=True, old_policy_from=0), 5, 8.0, None)  # refresh step
     assert torch.equal(full.entropy, stats.entropy) and torch.equal(full.old_logprobs, stats.logprobs)
-    served = objective_inputs(
-        stats, Needs(old_policy_from=0), {"old_logprobs": torch.tensor([-3.0, -4.0])}, 1, 2
-    )
+    served = objective_inputs(stats, Needs(old_policy_from=0), 1, 2, torch.tensor([-3.0, -4.0]))
     assert served.old_logprobs.tolist() == [-3.0, -4.0]
-    assert (
-        objective_inputs(stats, Needs(old_policy_from=6), {}, 5, 8.0).old_logprobs is None
-    )  # before warm-up
-    with pytest.raises(RuntimeError, match="OldPolicy gave none"):
-        objective_inputs(stats, Needs(old_policy_from=0), {}, 5, 8.0)
+    early = objective_inputs(stats, Needs(old_policy_from=6), 5, 8.0, torch.tensor([-3.0, -4.0]))
+    assert early.old_logprobs is None  # before warm-up
+
+
+def test_a_step_that_needs_pi_old_without_one_fails():
+    from psft_lightning.models import tiny_model
+    from psft_lightning.objectives import PSFT
+    from psft_lightning.step.train import train_micro_batch
+
+    batch = {"input_ids": torch.tensor([[1, 2, 3]]), "labels": torch.tensor([[-100, 2, 3]])}
+    with pytest.raises(RuntimeError, match="no OldPolicy callback holds pi_old"):
+        train_micro_batch(PSFT(), tiny_model(), None, None, batch, step=5, steps_scale=1, batch_idx=0)

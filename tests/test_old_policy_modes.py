@@ -5,12 +5,14 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from torch import nn
 
 from psft_lightning.callbacks import OldPolicy
 from psft_lightning.data.datamodule import PSFTDataModule
 from psft_lightning.data.formats import Fields
 from psft_lightning.errors import ConfigError
 from psft_lightning.module import PSFTModule
+from psft_lightning.policies import LookaheadOldPolicy, SnapshotOldPolicy
 
 REFRESH = 3
 STEPS = 7  # refreshes at steps 0, 3 and 6; one epoch is 6 steps (24 rows / 4 per step)
@@ -24,15 +26,23 @@ class StepLosses(L.Callback):
         self.used_old: dict[int, bool] = {}
         self.old_gap: dict[int, float] = {}
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if "old_logprobs" in batch:
-            gap = (pl_module.token_logprobs(pl_module.policy, batch) - batch["old_logprobs"]).abs().max()
-            self.old_gap[trainer.global_step] = gap.item()
+    def on_train_start(self, trainer, pl_module) -> None:
+        serve = pl_module.old.logprobs
+
+        def spy(batch: dict, step: int):  # what pi_old served each step, and how far the policy moved
+            old = serve(batch, step)
+            self.used_old[step] = old is not None
+            if old is not None:
+                with torch.no_grad():
+                    gap = (pl_module.token_stats(pl_module.policy, batch).logprobs - old).abs().max()
+                self.old_gap[step] = gap.item()
+            return old
+
+        pl_module.old.logprobs = spy
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step - (1 if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 else 0)
         self.losses[step] = self.losses.get(step, 0.0) + outputs["loss"].item()
-        self.used_old[step] = "old_logprobs" in batch
 
 
 def fit(files, mode: str, max_steps: int, tmp_path, ckpt_in=None, ckpt_out=None, packing=False):
@@ -75,8 +85,9 @@ def test_lookahead_gives_the_snapshot_losses_and_holds_no_weights(arithmetic_fil
     assert [s for s, used in ahead.used_old.items() if not used] == [0, 3, 6]
     assert snap_cb.refreshes == ahead_cb.refreshes == 3
     assert min(ahead.old_gap[s] for s in (1, 2, 4, 5)) > 1e-4  # pi_old really lags the policy
-    # no parameter copy: the callback holds no module, and its state holds no weights
-    assert snap_cb.model is not None and ahead_cb.model is None
+    # no parameter copy: lookahead's pi_old holds no module, and its state holds no weights
+    assert isinstance(snap_cb.old, SnapshotOldPolicy) and isinstance(snap_cb.old.model, nn.Module)
+    assert isinstance(ahead_cb.old, LookaheadOldPolicy) and not hasattr(ahead_cb.old, "model")
     state = ahead_cb.state_dict()
     assert state["weights"] is None
     n_params = sum(p.numel() for p in module.policy.parameters())
@@ -101,6 +112,7 @@ def test_mode_is_validated_and_must_match_on_resume():
     with pytest.raises(ConfigError, match="snapshot or lookahead"):
         OldPolicy(mode="copy")
     callback = OldPolicy(mode="lookahead")
-    callback.active = True
+    callback.old = LookaheadOldPolicy(nn.Linear(1, 1), lambda model, batch: torch.zeros(0))
+    assert callback.active
     with pytest.raises(ConfigError, match="resume with the same mode"):
         callback.load_state_dict({"mode": "snapshot", "last_refresh_step": 0, "weights": None})

@@ -196,7 +196,8 @@ def objective_problem(objective: str):
     """A tiny-model module, a padded batch with prompts, and (for psft) old log-probs from a nearby model."""
     from psft_lightning.data.collate import collate
     from psft_lightning.data.formats import IGNORE_INDEX, Example
-    from psft_lightning.module import PSFTModule, frozen
+    from psft_lightning.module import PSFTModule
+    from psft_lightning.policies import frozen
 
     module = PSFTModule(model="tiny", objective=objective, chunk_size=7)
     module.configure_model()
@@ -246,7 +247,8 @@ def test_objective_through_module_matches_naive_full_logits(objective):
     module.policy.zero_grad()
 
     stats = module.token_stats(module.policy, batch, module.reference)
-    old = module.token_logprobs(nearby, batch) if objective == "psft" else None
+    with torch.no_grad():
+        old = module.token_stats(nearby, batch).logprobs if objective == "psft" else None
     ours = module.objective(
         ObjectiveInputs(
             stats.logprobs,

@@ -90,3 +90,25 @@ def test_plot_runs_draws_selected_tags_of_any_run_folder(reproduced, tmp_path):
     assert [Path(p).name for p in written] == ["train_loss.png"]
     with pytest.raises(SystemExit, match="no TensorBoard event files"):
         plot_runs.main([str(tmp_path / "empty"), "--out", str(tmp_path)])
+
+
+def test_psft_study_and_plot_are_the_library_code_behind_the_scripts(reproduced, tmp_path, capsys):
+    from psft_lightning.cli import main
+
+    out, _ = reproduced
+    main(["plot", str(out / "runs" / "seed0" / "psft"), "--tags", "train/loss", "--out", str(tmp_path)])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "train_loss.png")
+    with pytest.raises(SystemExit) as done:
+        main(["study", "--help"])
+    assert done.value.code == 0 and "--budget {full,smoke,test}" in capsys.readouterr().out
+    assert load_script("reproduce").main.__module__ == "reproduce"  # a wrapper: the study is in the package
+    assert load_script("plot_runs").find_runs.__module__ == "psft_lightning.study.plots"
+
+
+def test_psft_help_lists_every_subcommand(capsys):
+    from psft_lightning.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage == "usage: psft {fit,validate,export,objectives,study,plot} ..."

@@ -1,7 +1,9 @@
 """The ``psft`` command: LightningCLI over PSFTModule and PSFTDataModule.
 
 ``psft fit --config configs/psft.yaml`` trains; ``--print_config`` prints a complete runnable config.
-``psft export <checkpoint> <out_dir>`` writes a trained checkpoint as a Hugging Face model directory.
+``psft export <checkpoint> <out_dir>`` writes a trained checkpoint as a Hugging Face model directory;
+``psft objectives`` lists the objectives, ``psft study`` runs the reproduction study and ``psft plot``
+draws runs' curves.
 Every run writes checkpoints atomically and saves ``last.ckpt`` when it is stopped with SIGTERM, and
 its TensorBoard logger gets the Dashboard (custom-scalars layout, HPARAMS) and no ``hp_metric`` placeholder.
 Problems with the user's data or settings are printed as one paragraph, without a traceback.
@@ -173,17 +175,26 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> PSFTCLI:
         seed_everything_default=0,
         parser_class=PSFTArgumentParser,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": DESCRIPTION},
+        parser_kwargs={"description": DESCRIPTION, "usage": f"psft {{{','.join(COMMANDS)}}} ..."},
         trainer_defaults={"callbacks": [CheckpointOnSignal(), Dashboard()]},
         args=args,
         run=run,
     )
 
 
+COMMANDS = {
+    "fit": "train: psft fit --config configs/psft.yaml",
+    "validate": "evaluate a checkpoint on the validation data",
+    "export": "write a checkpoint as a Hugging Face model directory: psft export CHECKPOINT OUT_DIR",
+    "objectives": "list every objective, plugins included, with its hyper-parameters",
+    "study": "the reproduction study of the PSFT paper's claims, with its results page",
+    "plot": "draw TensorBoard runs as PNG comparison plots",
+}
 DESCRIPTION = (
-    "Fine-tune a causal LM with SFT (ce), SFT-KL (kl), PSFT (psft) or PSFT with warm-up (psft_warmup): "
-    "psft fit --config configs/psft.yaml. Export a checkpoint as a Hugging Face model directory with "
-    "psft export CHECKPOINT OUT_DIR (psft export --help). List every objective with psft objectives."
+    "Fine-tune a causal LM with SFT (ce), SFT-KL (kl), PSFT (psft), PSFT with warm-up (psft_warmup) or "
+    "the SFT family (psft objectives). Subcommands: "
+    + "; ".join(f"{name}: {what}" for name, what in COMMANDS.items())
+    + ". psft SUBCOMMAND --help describes each."
 )
 
 QUIET_WARNINGS = (
@@ -208,6 +219,14 @@ def main(args: list[str] | None = None) -> None:
             from psft_lightning.objectives.catalog import objectives_main
 
             objectives_main(argv[1:])
+        elif argv[:1] == ["study"]:
+            from psft_lightning.study.reproduce import main as study_main
+
+            study_main(argv[1:])
+        elif argv[:1] == ["plot"]:
+            from psft_lightning.study.plots import main as plot_main
+
+            plot_main(argv[1:])
         else:
             rewritten = rewrite_objective_names(argv)
             if args is None and rewritten != argv:

@@ -15,7 +15,9 @@ import time
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
+from psft_lightning.evaluation.subject import Subject
 from psft_lightning.evaluation.suite import GROUPS, EvalConfig, EvalSuite, check_groups
+from psft_lightning.models import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class GenerationEval(L.Callback):
         begin = time.perf_counter()
         cache = self.drift_cache or os.path.join(trainer.default_root_dir, "drift_reference.jsonl")
         base_is_policy = trainer.state.fn == TrainerFn.FITTING and step == 0
-        metrics = self.suite.run(pl_module, todo, cache, base_is_policy)
+        metrics = self.suite.run(subject(pl_module, base_is_policy), todo, cache)
         metrics["perf/eval_seconds"] = time.perf_counter() - begin
         self._done.setdefault(step, set()).update(todo)
         self.history.append((step, metrics))
@@ -93,3 +95,16 @@ class GenerationEval(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking and self.final:
             self.evaluate(trainer, pl_module, self.final)
+
+
+def subject(pl_module: L.LightningModule, base_is_policy: bool) -> Subject:
+    """The module's policy as an evaluation subject; its base model is the policy itself before the
+    first step, else loaded afresh from the run's model settings (once: answers are then cached)."""
+    settings = pl_module.settings
+    policy = pl_module.policy
+
+    def load_base():
+        return policy if base_is_policy else load_model(settings.model, settings.tiny_config)
+
+    tokenizer = load_tokenizer(settings.model)
+    return Subject(policy, pl_module.token_stats, tokenizer, settings.model, load_base)

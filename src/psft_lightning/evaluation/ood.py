@@ -16,6 +16,7 @@ from psft_lightning.errors import DataError
 from psft_lightning.evaluation.constraints import follows, validate_checks
 from psft_lightning.evaluation.generation import generate, render_prompts
 from psft_lightning.evaluation.probes import sequence_logprobs, teacher_forced
+from psft_lightning.evaluation.subject import ScoreFn
 
 
 @dataclass
@@ -79,10 +80,10 @@ def mc_example(tokenizer, context: str, continuation: str) -> Example:
     return Example(whole, [IGNORE_INDEX] * len(context_ids) + whole[len(context_ids) :])
 
 
-def mc_scores(module, model: nn.Module, tokenizer, items: list[MCItem], batch_size: int = 32) -> dict:
+def mc_scores(score: ScoreFn, model: nn.Module, tokenizer, items: list[MCItem], batch_size: int = 32) -> dict:
     """``acc`` (argmax of summed log-likelihood) and ``acc_norm`` (divided by the choice's characters)."""
     examples = [mc_example(tokenizer, mc_context(it.question), " " + c) for it in items for c in it.choices]
-    loglik = [lp.sum().item() for lp in sequence_logprobs(module, model, examples, batch_size)]
+    loglik = [lp.sum().item() for lp in sequence_logprobs(score, model, examples, batch_size)]
     acc = acc_norm = 0
     at = 0
     for item in items:
@@ -134,9 +135,9 @@ def drift_examples(tokenizer, references: list[dict[str, str]]) -> list[Example]
     return examples
 
 
-def drift_nll(module, model: nn.Module, examples: list[Example], batch_size: int = 16) -> float:
+def drift_nll(score: ScoreFn, model: nn.Module, examples: list[Example], batch_size: int = 16) -> float:
     """Mean per-token NLL of the base model's answers under ``model`` (0 drift = the base model's own NLL)."""
-    return teacher_forced(module, model, examples, batch_size).nll
+    return teacher_forced(score, model, examples, batch_size).nll
 
 
 # ------------------------------------------------------------------------- instruction following

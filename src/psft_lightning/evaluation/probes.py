@@ -1,7 +1,8 @@
 """Teacher-forced probes: the policy's mean token entropy and mean NLL on fixed examples.
 
-The per-token math is the training module's own (``PSFTModule.token_stats``, chunked over the
-vocabulary), so the probe measures exactly what ``train/entropy`` measures, on a fixed set.
+The per-token math is a scoring function (``evaluation.subject.ScoreFn``): training's own
+``step.token_stats``, chunked over the vocabulary, so the probe measures exactly what ``train/entropy``
+measures, on a fixed set.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from psft_lightning.data.collate import collate
 from psft_lightning.data.formats import IGNORE_INDEX, Example
+from psft_lightning.evaluation.subject import ScoreFn
 from psft_lightning.ops import TokenStats
 
 PAD_ID = 0  # any id: padded positions have attention mask 0 and label -100
@@ -29,35 +31,37 @@ class ProbeResult:
 
 
 def batched_stats(
-    module, model: nn.Module, examples: list[Example], batch_size: int = 16
+    score: ScoreFn, model: nn.Module, examples: list[Example], batch_size: int = 16
 ) -> Iterator[tuple[TokenStats, list[int]]]:
-    """``module.token_stats`` per micro-batch, with how many of the flat tokens belong to each example."""
+    """``score`` per micro-batch, with how many of the flat tokens belong to each example."""
     device = next(model.parameters()).device
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], PAD_ID).items()}
         counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1).tolist()
-        yield module.token_stats(model, batch), counts
+        yield score(model, batch), counts
 
 
 @torch.no_grad()
 def sequence_logprobs(
-    module, model: nn.Module, examples: list[Example], batch_size: int = 16
+    score: ScoreFn, model: nn.Module, examples: list[Example], batch_size: int = 16
 ) -> list[Tensor]:
     """Per-token log-probs of each example's response tokens (one tensor per example)."""
     out: list[Tensor] = []
-    for stats, counts in batched_stats(module, model, examples, batch_size):
+    for stats, counts in batched_stats(score, model, examples, batch_size):
         out.extend(stats.logprobs.double().split(counts))
     return out
 
 
 @torch.no_grad()
-def teacher_forced(module, model: nn.Module, examples: list[Example], batch_size: int = 16) -> ProbeResult:
+def teacher_forced(
+    score: ScoreFn, model: nn.Module, examples: list[Example], batch_size: int = 16
+) -> ProbeResult:
     """Mean entropy and NLL of ``model`` over the response tokens of ``examples``."""
     if not examples:
         raise ValueError("a probe needs at least one example")
     entropy = nll = 0.0
     n = 0
-    for stats, _ in batched_stats(module, model, examples, batch_size):
+    for stats, _ in batched_stats(score, model, examples, batch_size):
         entropy += stats.entropy.double().sum().item()
         nll -= stats.logprobs.double().sum().item()
         n += stats.logprobs.numel()

@@ -15,7 +15,7 @@ from psft_lightning.evaluation.answers import accuracy, extract_answer
 from psft_lightning.evaluation.generation import generate, render_prompts
 from psft_lightning.evaluation.isolation import isolated
 from psft_lightning.evaluation.probes import teacher_forced
-from psft_lightning.models import load_model, load_tokenizer
+from psft_lightning.evaluation.subject import Subject
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +107,15 @@ class EvalSuite:
             self._cache[name] = loader(os.path.join(self.config.ood_dir, name), n)
         return self._cache[name]
 
-    def drift_examples(self, module, tokenizer, cache_path: str | None, base_is_policy: bool):
+    def drift_examples(self, subject: Subject, cache_path: str | None):
         """Base-model answers: bundled for the model, else cached, else generated once now."""
         if "drift" in self._cache:
             return self._cache["drift"]
         c = self.config
         prompts = self._ood("instructions.jsonl", ood.load_prompts, c.num_drift)
         refs = None
-        for path in (reference_file(c.ood_dir, module.model_name), cache_path):
+        tokenizer = subject.tokenizer
+        for path in (reference_file(c.ood_dir, subject.model_name), cache_path):
             if path and os.path.isfile(path):
                 rows = ood.load_references(path)
                 if [r["prompt"] for r in rows[: len(prompts)]] == prompts:
@@ -122,7 +123,7 @@ class EvalSuite:
                     break
                 log.warning("ignoring %s: its prompts differ from %s", path, c.ood_dir)
         if refs is None:
-            base = module.policy if base_is_policy else load_model(module.model_name, module.tiny_config)
+            base = subject.load_base()
             with isolated(base, c.seed):
                 refs = ood.make_references(base, tokenizer, prompts, c.drift_max_new_tokens, c.batch_size)
             if cache_path:
@@ -132,15 +133,14 @@ class EvalSuite:
         return self._cache["drift"]
 
     # ------------------------------------------------------------------------------- metrics
-    def run(self, module, groups: list[str], drift_cache: str | None = None, base_is_policy: bool = False):
-        """Every metric of ``groups`` for ``module.policy``; training state is left as it was."""
+    def run(self, subject: Subject, groups: list[str], drift_cache: str | None = None) -> dict[str, float]:
+        """Every metric of ``groups`` for ``subject.policy``; training state is left as it was."""
         c = self.config
-        tokenizer = load_tokenizer(module.model_name)
-        policy = module.policy
+        tokenizer, policy, score = subject.tokenizer, subject.policy, subject.score
         metrics: dict[str, float] = {}
         drift = None
         if "drift" in groups:  # may generate with the base model: before the policy is put in eval mode
-            drift = self.drift_examples(module, tokenizer, drift_cache, base_is_policy)
+            drift = self.drift_examples(subject, drift_cache)
         with isolated(policy, c.seed):
             if "accuracy" in groups:
                 rows = self._first(c.num_eval)
@@ -156,13 +156,13 @@ class EvalSuite:
                 metrics[f"eval/avg@{c.k}"] = accuracy(flat, finals)
             if "entropy" in groups:
                 probe = self._probe(tokenizer)
-                metrics["eval/entropy"] = teacher_forced(module, policy, probe, c.batch_size).entropy
+                metrics["eval/entropy"] = teacher_forced(score, policy, probe, c.batch_size).entropy
             if "mc" in groups:
                 items = self._ood("general_knowledge.jsonl", ood.load_mc, c.num_mc)
-                scores = ood.mc_scores(module, policy, tokenizer, items, 2 * c.batch_size)
+                scores = ood.mc_scores(score, policy, tokenizer, items, 2 * c.batch_size)
                 metrics["ood/mc_acc"], metrics["ood/mc_acc_norm"] = scores["acc"], scores["acc_norm"]
             if drift is not None:
-                metrics["ood/drift_nll"] = ood.drift_nll(module, policy, drift, c.batch_size)
+                metrics["ood/drift_nll"] = ood.drift_nll(score, policy, drift, c.batch_size)
             if "if" in groups:
                 items = self._ood("if_probe.jsonl", ood.load_if, c.num_if)
                 prompts = render_prompts(tokenizer, [it.prompt for it in items], c.use_chat_template)

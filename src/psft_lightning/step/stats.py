@@ -78,22 +78,19 @@ def _vocab_chunk(chunk_size: int | None) -> int | None:
     return None if chunk_size is None else max(1, chunk_size // CHUNK_DIVISOR)
 
 
-def objective_inputs(stats: TokenStats, needs: Needs, batch: dict, step: int, num_tokens) -> ObjectiveInputs:
+def objective_inputs(
+    stats: TokenStats, needs: Needs, step: int, num_tokens, old_logprobs: Tensor | None = None
+) -> ObjectiveInputs:
     """The objective's inputs at optimizer ``step``: the declared statistics, and pi_old's log-probs
-    from the OldPolicy callback (on a refresh step pi_old is the policy itself)."""
-    old_logprobs = None
-    if needs.old_logprobs_at(step):
-        old_logprobs = batch.get("old_logprobs")
-        if old_logprobs is None:
-            if not batch.get("old_is_policy"):
-                raise RuntimeError("the objective needs old-policy log-probs but OldPolicy gave none")
-            old_logprobs = stats.logprobs.detach()  # refresh step: the snapshot equals the policy
+    when the step uses them (None there means a refresh step: pi_old is the policy itself)."""
+    if needs.old_logprobs_at(step) and old_logprobs is None:
+        old_logprobs = stats.logprobs.detach()  # refresh step: the snapshot equals the policy
     return ObjectiveInputs(
         stats.logprobs,
         torch.ones_like(stats.logprobs, dtype=torch.bool),
         step=step,
         num_tokens=num_tokens,
-        old_logprobs=old_logprobs,
+        old_logprobs=old_logprobs if needs.old_logprobs_at(step) else None,
         ref_kl=stats.ref_kl,
         entropy=stats.entropy if needs.entropy else None,
         vocab=stats.vocab,

@@ -1,0 +1,127 @@
+"""The policy and its frozen twins (KL reference, FSDP2 old-policy snapshot), built once from the same
+initial weights: loading, attention, gradient checkpointing, LoRA and sharding in that order."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import nn
+
+from psft_lightning.errors import ConfigError
+from psft_lightning.lora import LoraSettings, apply_lora
+from psft_lightning.models import load_model
+from psft_lightning.sharding import FsdpDtype, Sharder, sharded_twin, skeleton
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """A detached, eval-mode copy that takes no gradient (old policy, reference)."""
+    clone = copy.deepcopy(model)
+    clone.requires_grad_(False)
+    return clone.eval()
+
+
+@dataclass
+class PolicySettings:
+    """How the policy is built: ``PSFTModule``'s model arguments."""
+
+    model: str
+    tiny_config: dict | None = None
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None
+    fsdp_param_dtype: FsdpDtype = "fp32"
+    fsdp_reduce_dtype: FsdpDtype = "fp32"
+
+    def __post_init__(self) -> None:
+        for name in ("fsdp_param_dtype", "fsdp_reduce_dtype"):
+            if getattr(self, name) not in ("bf16", "fp32"):
+                raise ConfigError(f"model.{name} must be bf16 or fp32, got {getattr(self, name)!r}")
+
+
+@dataclass
+class Twins:
+    """The trainable policy, the frozen reference (None without a KL, and under LoRA, where the reference
+    is the policy with its adapters off) and, under FSDP2, the sharded old-policy snapshot."""
+
+    policy: nn.Module
+    reference: nn.Module | None = None
+    old_policy: nn.Module | None = None
+
+
+def load_policy(settings: PolicySettings) -> nn.Module:
+    """The trainable policy in train mode, adapters injected under LoRA."""
+    policy = load_model(settings.model, settings.tiny_config)
+    policy.config.use_cache = False
+    if settings.attn_implementation:
+        try:
+            policy.set_attn_implementation(settings.attn_implementation)
+        except (ValueError, ImportError) as err:
+            raise ConfigError(f"model.attn_implementation: {err}") from err
+    if settings.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    if settings.lora is not None:
+        policy = apply_lora(policy, settings.lora).base_model.model
+    return policy
+
+
+def build_twins(settings: PolicySettings, mesh, reference: bool, snapshot: bool) -> Twins:
+    """The policy and the twins asked for. Without a device mesh nothing is sharded (DDP and Lightning's
+    FSDPStrategy wrap the module themselves later, twins included); with one, all are sharded with FSDP2
+    and the snapshot exists from the start, so the sharded checkpoint carries its shards."""
+    policy = load_policy(settings)
+    reference = reference and settings.lora is None  # LoRA: the adapters switched off
+    sharder = _sharder(mesh, settings)
+    if sharder is None:
+        return Twins(policy, frozen(policy) if reference else None)
+    template = skeleton(policy)
+    sharder(policy)
+    ref_twin = sharded_twin(template, policy, sharder) if reference else None
+    old_twin = sharded_twin(template, policy, sharder) if snapshot and settings.lora is None else None
+    return Twins(policy, ref_twin, old_twin)
+
+
+def _sharder(mesh, settings: PolicySettings) -> Sharder | None:
+    """FSDP2 over the data-parallel mesh that ModelParallelStrategy hands over, or None."""
+    if mesh is None:
+        return None
+    names = mesh.mesh_dim_names or ()
+    if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+        raise ConfigError(
+            "PSFTModule shards with FSDP only, but the strategy set up tensor parallelism of size "
+            f"{mesh['tensor_parallel'].size()}. Use strategy psft_lightning.strategies.FSDP2Strategy, or "
+            "ModelParallelStrategy with tensor_parallel_size: 1 and data_parallel_size: <world size>."
+        )
+    dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+    return Sharder(dp_mesh, settings.fsdp_param_dtype, settings.fsdp_reduce_dtype)
+
+
+def check_strategy(strategy, objective_name: str, old_policy: bool) -> None:
+    """Lightning's FSDPStrategy (FSDP1) shards parameters outside its wrapped training step, where pi_old
+    runs: PSFT needs FSDP2, whose sharded twins run anywhere."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if old_policy and isinstance(strategy, FSDPStrategy):
+        raise ConfigError(
+            f"objective {objective_name!r} needs an old policy, which Lightning's "
+            "FSDPStrategy cannot run outside the training step; use strategy "
+            "psft_lightning.strategies.FSDP2Strategy (FSDPStrategy works for ce and kl)."
+        )
+
+
+REFERENCE_PREFIX = "reference."
+
+
+def drop_reference(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """State-dict hook: the reference is re-derived from the initial weights, never checkpointed."""
+    for key in [k for k in state_dict if k.startswith(prefix + REFERENCE_PREFIX)]:
+        del state_dict[key]
+
+
+def keep_reference(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    """Load pre-hook: a checkpoint without reference weights loads into a module that has a reference."""
+    if module.reference is None:
+        return
+    for key, value in module.reference.state_dict().items():
+        state_dict.setdefault(prefix + REFERENCE_PREFIX + key, value)

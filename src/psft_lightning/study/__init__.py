@@ -1,0 +1,1 @@
+"""The reproduction study (``psft study``) and the run plots (``psft plot``), as library code."""
