@@ -8,16 +8,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from psft_lightning.errors import ConfigError
-from psft_lightning.objectives.base import (
-    Needs,
-    Objective,
-    ObjectiveInputs,
-    ObjectiveOutput,
-    masked_contribution,
-    normaliser,
-    register_objective,
-)
+from psft_lightning.objectives.base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
 from psft_lightning.objectives.dft import dft_loss
+from psft_lightning.objectives.needs import Needs
+from psft_lightning.objectives.token_mean import masked_contribution, normaliser
 
 
 def asft_loss(

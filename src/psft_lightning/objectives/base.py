@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from psft_lightning.errors import ConfigError
 from psft_lightning.objectives.needs import Needs
+from psft_lightning.objectives.token_mean import masked_contribution as masked_contribution  # re-exported
+from psft_lightning.objectives.token_mean import nll_loss as nll_loss
+from psft_lightning.objectives.token_mean import normaliser as normaliser
 
 ENTRY_POINT_GROUP = "psft_lightning.objectives"
 
@@ -49,33 +51,6 @@ class ObjectiveOutput:
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
     tokens: dict[str, Tensor] = field(default_factory=dict)
-
-
-def normaliser(mask: Tensor, num_tokens: float | Tensor | None) -> Tensor:
-    """The token count a loss is divided by: the mask's, or the whole optimizer step's when given."""
-    denom = (
-        mask.sum(dtype=torch.float32)
-        if num_tokens is None
-        else torch.as_tensor(num_tokens, dtype=torch.float32, device=mask.device)
-    )
-    if float(denom) <= 0:
-        raise ValueError(
-            "This batch has no loss tokens (every label is -100), so its loss is undefined. "
-            "Check that responses are not empty and not truncated away by max_length."
-        )
-    return denom
-
-
-def masked_contribution(values: Tensor, mask: Tensor, denom: Tensor) -> Tensor:
-    """Sum of ``values`` over ``mask`` divided by ``denom``, in fp32."""
-    return (values.float() * mask.float()).sum() / denom
-
-
-def nll_loss(logprobs: Tensor, mask: Tensor, num_tokens: float | Tensor | None = None) -> tuple[Tensor, dict]:
-    """Token-mean negative log-likelihood: SFT as policy gradient with advantage 1."""
-    denom = normaliser(mask, num_tokens)
-    loss = masked_contribution(-logprobs, mask, denom)
-    return loss, {"train/nll": loss.detach()}
 
 
 class Objective:

@@ -1,12 +1,7 @@
 """Plain SFT: cross-entropy on response tokens (policy gradient with advantage fixed to 1)."""
 
-from psft_lightning.objectives.base import (
-    Objective,
-    ObjectiveInputs,
-    ObjectiveOutput,
-    nll_loss,
-    register_objective,
-)
+from psft_lightning.objectives.base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from psft_lightning.objectives.token_mean import nll_loss
 
 
 @register_objective("ce")

@@ -6,15 +6,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from psft_lightning.objectives.base import (
-    Objective,
-    ObjectiveInputs,
-    ObjectiveOutput,
-    masked_contribution,
-    nll_loss,
-    normaliser,
-    register_objective,
-)
+from psft_lightning.objectives.base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from psft_lightning.objectives.token_mean import masked_contribution, nll_loss, normaliser
 
 
 def dft_loss(

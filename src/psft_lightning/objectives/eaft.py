@@ -10,16 +10,9 @@ from functools import partial
 
 from torch import Tensor
 
-from psft_lightning.objectives.base import (
-    Needs,
-    Objective,
-    ObjectiveInputs,
-    ObjectiveOutput,
-    masked_contribution,
-    nll_loss,
-    normaliser,
-    register_objective,
-)
+from psft_lightning.objectives.base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from psft_lightning.objectives.needs import Needs
+from psft_lightning.objectives.token_mean import masked_contribution, nll_loss, normaliser
 
 TOP_K = 20
 ENTROPY_SCALE = 3.0

@@ -12,16 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from psft_lightning.objectives.base import (
-    Needs,
-    Objective,
-    ObjectiveInputs,
-    ObjectiveOutput,
-    masked_contribution,
-    nll_loss,
-    normaliser,
-    register_objective,
-)
+from psft_lightning.objectives.base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from psft_lightning.objectives.needs import Needs
+from psft_lightning.objectives.token_mean import masked_contribution, nll_loss, normaliser
 
 
 def gift_token_values(logits: Tensor, ref_logits: Tensor, targets: Tensor, beta: float = 20.0) -> Tensor:

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 from psft_lightning.errors import ConfigError
-from psft_lightning.objectives.base import (
-    Needs,
-    Objective,
-    ObjectiveInputs,
-    ObjectiveOutput,
-    masked_contribution,
-    normaliser,
-    register_objective,
-)
+from psft_lightning.objectives.base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from psft_lightning.objectives.needs import Needs
+from psft_lightning.objectives.token_mean import masked_contribution, normaliser
 from psft_lightning.ops import KLDirection
 
 

@@ -6,16 +6,9 @@ import torch
 from torch import Tensor
 
 from psft_lightning.errors import ConfigError
-from psft_lightning.objectives.base import (
-    Needs,
-    Objective,
-    ObjectiveInputs,
-    ObjectiveOutput,
-    masked_contribution,
-    nll_loss,
-    normaliser,
-    register_objective,
-)
+from psft_lightning.objectives.base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
+from psft_lightning.objectives.needs import Needs
+from psft_lightning.objectives.token_mean import masked_contribution, nll_loss, normaliser
 
 LOG_RATIO_CLAMP = 20.0
 

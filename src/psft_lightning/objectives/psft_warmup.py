@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from psft_lightning.errors import ConfigError
-from psft_lightning.objectives.base import (
-    Needs,
-    ObjectiveInputs,
-    ObjectiveOutput,
-    nll_loss,
-    register_objective,
-)
+from psft_lightning.objectives.base import ObjectiveInputs, ObjectiveOutput, register_objective
+from psft_lightning.objectives.needs import Needs
 from psft_lightning.objectives.psft import PSFT
+from psft_lightning.objectives.token_mean import nll_loss
 
 
 @register_objective("psft_warmup")

@@ -134,12 +134,25 @@ class _ChunkedHeadStats(torch.autograd.Function):
                     grad_z.scatter_add_(1, targets[sl, None], g)
                 if grad_z is None:
                     continue
-                grad_z = grad_z.to(dtype)
-                if grad_hidden is not None:
-                    grad_hidden[sl] = (grad_z @ w).to(hidden.dtype)
-                grad_weight += (grad_z.t() @ hidden[sl].to(dtype)).to(acc_dtype)
+                backprop_chunk(grad_z, sl, w, hidden, grad_hidden, grad_weight, dtype)
         grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def backprop_chunk(
+    grad_z: Tensor,
+    sl: slice,
+    w: Tensor,
+    hidden: Tensor,
+    grad_hidden: Tensor | None,
+    grad_weight: Tensor,
+    dtype,
+) -> None:
+    """Chain one chunk's logit gradient into ``grad_hidden[sl]`` and ``grad_weight`` (in place)."""
+    grad_z = grad_z.to(dtype)
+    if grad_hidden is not None:
+        grad_hidden[sl] = (grad_z @ w).to(hidden.dtype)
+    grad_weight += (grad_z.t() @ hidden[sl].to(dtype)).to(grad_weight.dtype)
 
 
 def chunked_token_stats(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from psft_lightning.ops.lm_head import _chunk_logits, _chunks, auto_chunk_size
+from psft_lightning.ops.lm_head import _chunk_logits, _chunks, auto_chunk_size, backprop_chunk
 
 # (policy logits [c, V] fp32, reference logits [c, V] fp32 or None, targets [c]) -> per-token values [c, ...]
 VocabFn = Callable[[Tensor, Tensor | None, Tensor], Tensor]
@@ -66,10 +66,7 @@ class _ChunkedVocabFn(torch.autograd.Function):
                         continue  # a detached function of the logits: no gradient
                     (grad_z,) = torch.autograd.grad(values, logits, grad_values[sl].to(values.dtype))
                 del logits, values
-                grad_z = grad_z.to(dtype)
-                if grad_hidden is not None:
-                    grad_hidden[sl] = (grad_z @ w).to(hidden.dtype)
-                grad_weight += (grad_z.t() @ hidden[sl].to(dtype)).to(acc_dtype)
+                backprop_chunk(grad_z, sl, w, hidden, grad_hidden, grad_weight, dtype)
         grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_weight, None, None, None, None, None
 
