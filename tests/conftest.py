@@ -1,6 +1,7 @@
 """Shared pytest fixtures: every test starts from the same torch RNG state."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ARITHMETIC_TRAIN = REPO / "data" / "arithmetic" / "train.jsonl"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache(tmp_path_factory):
+    """Tokenised data goes to a cache of this session (inherited by the psft processes tests start),
+    never to the user's ~/.cache."""
+    os.environ["PSFT_DATA_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,138 @@
+"""One source's rows -> tokenised examples in Arrow, with ``datasets.map`` over ``num_proc`` processes.
+
+Rows are read in this process by ``sources.read_rows`` (so file-level checks, line numbers and their
+order are those of a sequential read) and handed to the workers pickled, with their location; each
+worker runs the same ``row_to_example`` and ``fit_length`` as a Python loop would, so the tokens are
+identical. Per row it records what ``max_length`` did, and the skip and truncation reports are rebuilt
+from those columns in row order. With several processes, a row-level error is the first one its
+worker met, which need not be the first in the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from psft_lightning.data.formats import Fields, row_to_example
+from psft_lightning.data.lengths import Overlong, OverlongReport, SkipReport, fit_length, loses_final_eos
+from psft_lightning.data.sources import read_rows
+
+# Below this many rows a second process costs more than it saves (start-up, pickling the tokenizer).
+ROWS_PER_PROCESS = 500
+COLUMNS = ("input_ids", "labels", "length", "loss_tokens")
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """Everything besides the rows and the tokenizer that decides an example's tokens."""
+
+    format: str
+    fields: Fields
+    use_chat_template: bool
+    max_length: int
+    overlong: Overlong
+
+
+def default_num_proc(rows: int) -> int:
+    """One process per usable CPU, but none that would get fewer than ``ROWS_PER_PROCESS`` rows."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, rows // ROWS_PER_PROCESS))
+
+
+def _features():
+    import datasets
+
+    ids = datasets.List(datasets.Value("int32"))
+    return datasets.Features(
+        input_ids=ids,
+        labels=ids,
+        length=datasets.Value("int32"),
+        loss_tokens=datasets.Value("int32"),
+        full_length=datasets.Value("int32"),
+        skip=datasets.Value("string"),
+        lost_eos=datasets.Value("bool"),
+        where=datasets.Value("string"),
+    )
+
+
+def _tokenise_batch(batch: dict[str, list], tokenizer, settings: TokenSettings) -> dict[str, list]:
+    out: dict[str, list] = {name: [] for name in (*COLUMNS, "full_length", "skip", "lost_eos", "where")}
+    for blob, where in zip(batch["row"], batch["where"], strict=True):
+        example = row_to_example(
+            pickle.loads(blob), tokenizer, settings.format, settings.fields, settings.use_chat_template, where
+        )
+        fitted, reason = fit_length(example, settings.max_length, settings.overlong, where)
+        out["input_ids"].append(fitted.input_ids if fitted else [])
+        out["labels"].append(fitted.labels if fitted else [])
+        out["length"].append(len(fitted.input_ids) if fitted else 0)
+        out["loss_tokens"].append(fitted.num_loss_tokens if fitted else 0)
+        out["full_length"].append(len(example.input_ids))
+        out["skip"].append(reason)
+        out["lost_eos"].append(
+            fitted is not example and loses_final_eos(example, settings.max_length, tokenizer.eos_token_id)
+        )
+        out["where"].append(where)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No ``datasets`` progress bars: the run's own log says what was tokenised and how long it took."""
+    import datasets
+
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
+def tokenise(
+    path: str, split: str, tokenizer, settings: TokenSettings, num_proc: int | None, workdir: str
+) -> tuple[object, SkipReport, OverlongReport]:
+    """The kept examples of ``path`` as a ``datasets.Dataset`` (columns ``COLUMNS``), and the reports.
+
+    ``workdir`` holds the map's Arrow files; the caller saves the result and removes it.
+    """
+    import datasets
+
+    os.makedirs(workdir, exist_ok=True)
+    blobs, wheres = [], []
+    for row, where in read_rows(path, split):
+        blobs.append(pickle.dumps(row))
+        wheres.append(where)
+    with _quiet():
+        rows = datasets.Dataset.from_dict({"row": blobs, "where": wheres})
+        del blobs
+        mapped = rows.map(
+            _tokenise_batch,
+            batched=True,
+            batch_size=64,
+            num_proc=num_proc or default_num_proc(len(rows)),
+            fn_kwargs={"tokenizer": tokenizer, "settings": settings},
+            remove_columns=["row"],
+            features=_features(),
+            cache_file_name=os.path.join(workdir, "map.arrow"),
+            new_fingerprint="psft-tokenise",
+        )
+    skips, overlong = _reports(mapped, settings.max_length)
+    kept = [i for i, reason in enumerate(mapped.data.column("skip").to_pylist()) if not reason]
+    return mapped.select(kept).select_columns(list(COLUMNS)), skips, overlong
+
+
+def _reports(mapped, max_length: int) -> tuple[SkipReport, OverlongReport]:
+    """What ``max_length`` cut or dropped, in row order, as the sequential loop counted it."""
+    skips, overlong = SkipReport(), OverlongReport()
+    over = np.flatnonzero(mapped.data.column("full_length").to_numpy() > max_length)
+    for row in mapped.select_columns(["full_length", "skip", "lost_eos", "where"]).select(over):
+        overlong.add(row["full_length"], row["where"], not row["skip"], row["lost_eos"])
+        if row["skip"]:
+            skips.add(row["skip"], row["where"])
+    return skips, overlong
