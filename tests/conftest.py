@@ -15,9 +15,12 @@ ARITHMETIC_TRAIN = REPO / "data" / "arithmetic" / "train.jsonl"
 
 @pytest.fixture(autouse=True, scope="session")
 def _data_cache(tmp_path_factory):
-    """Tokenised data goes to a cache of this session (inherited by the psft processes tests start),
-    never to the user's ~/.cache."""
+    """Tokenised data (and what ``load_dataset`` prepares from hub: entries) goes to caches of this
+    session, inherited by the psft processes tests start, never to the user's ~/.cache."""
+    import datasets
+
     os.environ["PSFT_DATA_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+    os.environ["HF_DATASETS_CACHE"] = datasets.config.HF_DATASETS_CACHE = str(tmp_path_factory.mktemp("hf"))
     yield
 
 
