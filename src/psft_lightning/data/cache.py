@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -78,15 +79,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def cache_key(source: str, tokenizer: str, settings: TokenSettings) -> str:
-    import datasets
-
     from psft_lightning import __version__
 
     fields = {
         "source": source,
         "tokenizer": tokenizer,
         "settings": dataclasses.asdict(settings),
-        "versions": [LAYOUT, __version__, datasets.__version__],
+        # the installed version, without importing datasets: a cached start never needs it
+        "versions": [LAYOUT, __version__, importlib.metadata.version("datasets")],
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 

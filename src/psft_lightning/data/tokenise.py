@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from psft_lightning.data.formats import Fields, row_to_example
 from psft_lightning.data.lengths import Overlong, OverlongReport, SkipReport, fit_length, loses_final_eos
@@ -44,25 +45,35 @@ def default_num_proc(rows: int) -> int:
     return max(1, min(cpus, rows // ROWS_PER_PROCESS))
 
 
-def _features():
-    import datasets
+def _processes(num_proc: int | None, rows: int) -> int | None:
+    """``map``'s num_proc: None for one process, so the map runs here rather than in a pool of one."""
+    n = num_proc or default_num_proc(rows)
+    return n if n > 1 else None
 
-    ids = datasets.List(datasets.Value("int32"))
-    return datasets.Features(
-        input_ids=ids,
-        labels=ids,
-        length=datasets.Value("int32"),
-        loss_tokens=datasets.Value("int32"),
-        full_length=datasets.Value("int32"),
-        skip=datasets.Value("string"),
-        lost_eos=datasets.Value("bool"),
-        where=datasets.Value("string"),
+
+def _schema() -> pa.Schema:
+    ids = pa.list_(pa.int32())
+    int32 = pa.int32()
+    return pa.schema(
+        [
+            ("input_ids", ids),
+            ("labels", ids),
+            ("length", int32),
+            ("loss_tokens", int32),
+            ("full_length", int32),
+            ("skip", pa.string()),
+            ("lost_eos", pa.bool_()),
+            ("where", pa.string()),
+        ]
     )
 
 
-def _tokenise_batch(batch: dict[str, list], tokenizer, settings: TokenSettings) -> dict[str, list]:
-    out: dict[str, list] = {name: [] for name in (*COLUMNS, "full_length", "skip", "lost_eos", "where")}
-    for blob, where in zip(batch["row"], batch["where"], strict=True):
+def _tokenise_batch(batch: pa.Table, tokenizer, settings: TokenSettings) -> pa.Table:
+    """Tokenise a batch of pickled rows; the result is an Arrow table, so ``datasets`` stores it as it
+    is (no per-element encoding of the token lists in Python)."""
+    out: dict[str, list] = {name: [] for name in _schema().names}
+    rows, wheres = batch.column("row").to_pylist(), batch.column("where").to_pylist()
+    for blob, where in zip(rows, wheres, strict=True):
         example = row_to_example(
             pickle.loads(blob), tokenizer, settings.format, settings.fields, settings.use_chat_template, where
         )
@@ -77,7 +88,7 @@ def _tokenise_batch(batch: dict[str, list], tokenizer, settings: TokenSettings) 
             fitted is not example and loses_final_eos(example, settings.max_length, tokenizer.eos_token_id)
         )
         out["where"].append(where)
-    return out
+    return pa.table(out, schema=_schema())
 
 
 @contextlib.contextmanager
@@ -109,19 +120,19 @@ def tokenise(
         blobs.append(pickle.dumps(row))
         wheres.append(where)
     with _quiet():
-        rows = datasets.Dataset.from_dict({"row": blobs, "where": wheres})
+        rows = datasets.Dataset.from_dict({"row": blobs, "where": wheres}).with_format("arrow")
         del blobs
         mapped = rows.map(
             _tokenise_batch,
             batched=True,
             batch_size=64,
-            num_proc=num_proc or default_num_proc(len(rows)),
+            num_proc=_processes(num_proc, len(rows)),
             fn_kwargs={"tokenizer": tokenizer, "settings": settings},
             remove_columns=["row"],
-            features=_features(),
             cache_file_name=os.path.join(workdir, "map.arrow"),
             new_fingerprint="psft-tokenise",
         )
+    mapped = mapped.with_format(None)  # Python rows again, for the reports
     skips, overlong = _reports(mapped, settings.max_length)
     kept = [i for i, reason in enumerate(mapped.data.column("skip").to_pylist()) if not reason]
     return mapped.select(kept).select_columns(list(COLUMNS)), skips, overlong
