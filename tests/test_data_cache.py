@@ -7,6 +7,7 @@ import copy
 import logging
 import os
 import shutil
+import signal
 
 import pyarrow as pa
 import pytest
@@ -173,8 +174,19 @@ def test_a_builder_that_loses_the_race_maps_the_winner(write_jsonl, tokenizer, t
 
 
 def test_a_row_error_in_a_worker_keeps_its_location(write_jsonl, tmp_path):
+    """Also under a run's SIGTERM handler (psft's checkpoint-and-stop): ``datasets`` ends the pool of a
+    failed map with SIGTERM, which forked workers must not inherit a handler for (else: a hang)."""
     rows = [{"prompt": "q", "completion": "a"}] * 1200 + [{"prompt": "q", "completion": 3}]
     path = write_jsonl("bad.jsonl", rows)
-    with pytest.raises(DataError, match=rf"{path}:1201: field 'completion' must be a string, got int"):
-        datamodule(path, tmp_path, num_proc=2).setup()
+
+    def checkpoint_and_stop(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, checkpoint_and_stop)
+    try:
+        with pytest.raises(DataError, match=rf"{path}:1201: field 'completion' must be a string, got int"):
+            datamodule(path, tmp_path, num_proc=2).setup()
+        assert signal.getsignal(signal.SIGTERM) is checkpoint_and_stop  # the run's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert os.listdir(tmp_path / "cache") == []  # a failed build leaves nothing behind

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -92,6 +94,21 @@ def _tokenise_batch(batch: pa.Table, tokenizer, settings: TokenSettings) -> pa.T
 
 
 @contextlib.contextmanager
+def _default_sigterm(processes: int | None) -> Iterator[None]:
+    """Map workers are forked with SIGTERM's default action. ``datasets`` ends its pool with SIGTERM
+    when a worker fails; a run's own handler (checkpoint, then stop), inherited by a fork, would let a
+    worker outlive that and keep the pool's join, and the run, waiting forever."""
+    if not processes or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """No ``datasets`` progress bars: the run's own log says what was tokenised and how long it took."""
     import datasets
@@ -119,14 +136,15 @@ def tokenise(
     for row, where in read_rows(path, split):
         blobs.append(pickle.dumps(row))
         wheres.append(where)
-    with _quiet():
+    processes = _processes(num_proc, len(blobs))
+    with _quiet(), _default_sigterm(processes):
         rows = datasets.Dataset.from_dict({"row": blobs, "where": wheres}).with_format("arrow")
         del blobs
         mapped = rows.map(
             _tokenise_batch,
             batched=True,
             batch_size=64,
-            num_proc=_processes(num_proc, len(rows)),
+            num_proc=processes,
             fn_kwargs={"tokenizer": tokenizer, "settings": settings},
             remove_columns=["row"],
             cache_file_name=os.path.join(workdir, "map.arrow"),
