@@ -7,6 +7,7 @@ Cases (each in a fresh subprocess, so each peak memory is its own):
 - vocab:     the built-in chunked KL vs the same KL written as a plugin's vocabulary function
              (``Needs(vocab_fn=...)``, evaluated by ``ops.chunked_vocab_values``) on the 152k vocabulary;
 - trl:       TRL's SFTTrainer on the same model, data, batch and length as our CE.
+- data:      (``--data-case TOKENS``, run alone) tokenisation: today's loop vs the Arrow cache.
 
 It writes one JSON (ratios and pass/fail per target) and a Markdown report. Timing is wall-clock
 per optimizer step after warm-up; tokens/s counts real (non-padding) input tokens. Memory is the
@@ -428,6 +429,22 @@ def run_isolated(case: dict, args, argv: list[str]) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_data_case(args) -> dict:
+    """The ``data`` case alone (scripts/bench_data.py): today's loop vs the Arrow cache on a synthetic
+    set of ``--data-case`` tokens; its result becomes the ``data`` entry of ``--out``."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import bench_data
+
+    result = bench_data.run(args.data_case, num_proc=args.data_num_proc, repeats=2)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report["data"] = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **result}
+    out.write_text(json.dumps(report, indent=2))
+    for key, v in result["goals"].items():
+        print(f"{'MET ' if v['met'] else 'MISS'} data {key}: {v['value']} (goal {v['target']})")
+    return report
+
+
 # -------------------------------------------------------------------------------------- report
 def find(results: list[dict], **match) -> dict | None:
     for r in results:
@@ -556,6 +573,10 @@ def parse(argv: list[str] | None = None):
     p.add_argument("--doc", default=None, help="also write the Markdown report here (docs/benchmarks.md)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--data-case", type=int, default=0, metavar="TOKENS", help="only the data case, this many tokens"
+    )
+    p.add_argument("--data-num-proc", type=int, default=2, help="tokenising processes of the data case")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.big_seq = 1, 1, min(args.big_seq, 512)
@@ -567,6 +588,8 @@ def parse(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> dict | None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
+    if args.data_case:
+        return run_data_case(args)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case), args)))
         return None

@@ -13,6 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 ARITHMETIC_TRAIN = REPO / "data" / "arithmetic" / "train.jsonl"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache(tmp_path_factory):
+    """Tokenised data (and what ``load_dataset`` prepares from hub: entries) goes to caches of this
+    session, inherited by the psft processes tests start, never to the user's ~/.cache."""
+    import datasets
+
+    os.environ["PSFT_DATA_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+    os.environ["HF_DATASETS_CACHE"] = datasets.config.HF_DATASETS_CACHE = str(tmp_path_factory.mktemp("hf"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)

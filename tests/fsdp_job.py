@@ -6,6 +6,8 @@ and ``kl`` for 5 steps (``ce`` also with gradient accumulation, activation check
 FSDP compute),
 ``psft`` (full snapshot, LoRA, lookahead) for 6 (checkpointing at step 3) and resumes each from that
 sharded checkpoint, and probes the sharded twins; rank 0 writes everything to OUT/results.json.
+Each rank writes the tokenisation cache entries it built to OUT/tokenised_rank{r}.json (the data is
+tokenised once, by rank 0's ``prepare_data``, into a cache of the job's own).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from psft_lightning.strategies import FSDP2Strategy
 GLOBAL_BATCH = 4
 STEPS = {"ce": 5, "kl": 5, "psft": 6, "asft": 5, "gift": 5}  # asft: forward KL; gift: vocabulary path
 RESUME_AT = 3
+TOKENISED: list[str] = []  # cache entries this rank built, over all runs
 # PSFT variants, each compared 1 vs 2 processes and resumed from a sharded checkpoint: the full
 # snapshot (module-owned, sharded), LoRA (adapter snapshot, gathered into the callback state) and
 # lookahead (per-rank cache of old log-probs, no snapshot)
@@ -99,6 +102,7 @@ def run(
         max_val_examples=6,
     )
     trainer.fit(module, datamodule, ckpt_path=resume)
+    TOKENISED.extend(datamodule.tokenised)
     return {"train": losses.losses, "grad_norm": grad_norms.losses, "val": losses.val_losses}
 
 
@@ -185,6 +189,7 @@ class ShardProbe(L.Callback):
 def main(data: str, out: str) -> None:
     torch.set_num_threads(1)
     root = Path(out)
+    os.environ["PSFT_DATA_CACHE"] = str(root / "data_cache")
     results: dict[str, object] = {
         name: run(name, data, 2, root / name) for name in ("ce", "kl", "asft", "gift")
     }
@@ -200,6 +205,7 @@ def main(data: str, out: str) -> None:
             "psft", data, 2, root / f"{name}_resumed", resume=str(checkpoint), **kwargs
         )
     results["probe"] = probe.report
+    (root / f"tokenised_rank{os.environ['LOCAL_RANK']}.json").write_text(json.dumps(TOKENISED))
     if int(os.environ["LOCAL_RANK"]) == 0:
         (root / "results.json").write_text(json.dumps(results))
 

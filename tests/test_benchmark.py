@@ -31,3 +31,17 @@ def test_smallest_benchmark_writes_ratios_and_verdicts(tmp_path):
     assert packed["tokens"] == padded["tokens"] and packed["positions"] < padded["positions"]
     text = doc.read_text()
     assert "| target | value | goal | met |" in text and "packed / padded" in text
+
+
+def test_data_case_measures_both_paths_on_the_same_tokens(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_data
+
+    report = bench_data.run(20_000, num_proc=1, tokenizer_name="tiny", root=str(tmp_path), isolated=False)
+    assert report["same_tokens"] and report["set"]["tokens"] >= 20_000
+    assert report["set"]["rows"] == report["build"]["rows"] == report["cached"]["rows"]
+    assert report["build"]["cache_entries_built"] == 1 and report["cached"]["cache_entries_built"] == 0
+    assert set(report["goals"]) == {"first_run_speedup", "cached_start_s", "bytes_per_token"}
+    assert all(isinstance(goal["met"], bool) for goal in report["goals"].values())

@@ -67,6 +67,7 @@ ROUTES = {
     "messages": ["--data.train_files=[{messages}]", "--data.val_files=[{messages}]"],
     "json": ["--data.train_files=[{json_object}]"],
     "saved": ["--data.train_files=[{saved}]"],
+    "hub_data": ["--data.train_files=[hub:{hub_dir}]"],
     "fsdp": ["--trainer.strategy={class_path: psft_lightning.strategies.FSDP2Strategy}"],
     "plugin": ["--model.objective=psft_registered.Registered"],
     "embedded": ["--model.model=smollm2-135m-instruct"],
@@ -116,6 +117,8 @@ SITES = {
     "psft_lightning.data.sources:_json_rows": "fit",
     "psft_lightning.data.sources:_refuse_single_object": "json",
     "psft_lightning.data.sources:read_rows": "fit",
+    "psft_lightning.data.hub:parse_hub": "hub_data",
+    "psft_lightning.data.hub:load_hub": "hub_data",
     "psft_lightning.evaluation.constraints:validate_checks": "eval",
     "psft_lightning.evaluation.ood:_field": "eval",
     "psft_lightning.evaluation.ood:load_mc": "eval",
@@ -202,6 +205,11 @@ def files(tmp_path_factory) -> dict[str, str]:
     out = {name: str(path) for name, path in paths.items()}
     out["saved"] = str(root / "saved")
     datasets.Dataset.from_list([json.loads(line) for line in lines[:8]]).save_to_disk(out["saved"])
+    out["hub_dir"] = str(root / "hub")  # a local dataset directory, as load_dataset reads a hub repo
+    Path(out["hub_dir"]).mkdir()
+    Path(out["hub_dir"], "train.jsonl").write_text(
+        paths["train"].read_text(encoding="utf-8"), encoding="utf-8"
+    )
     for name, extra in (
         ("checkpoint", []),
         ("lora_checkpoint", ["--model.lora={r: 4}"]),
@@ -255,6 +263,7 @@ def patch_everywhere(monkeypatch, site: str) -> None:
 def test_raise_site_reaches_the_user_as_one_line(site, files, tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(PLUGINS)
     monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PSFT_DATA_CACHE", str(tmp_path / "data_cache"))  # tokenise again: reach row sites
     route = [fill(arg, {**files, "out": str(tmp_path / "out")}) for arg in ROUTES[SITES[site]]]
     args = route if route[:1] == ["export"] else [*fit_args(tmp_path, files), *route]
     if SITES[site] == "last":

@@ -45,10 +45,12 @@ def data(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def two_process(data, tmp_path_factory) -> dict:
     """Results of the 2-process FSDP2 job (both ranks started here, as torchrun would)."""
+    out = tmp_path_factory.mktemp("fsdp_job")
     try:
-        results = launch(data, tmp_path_factory.mktemp("fsdp_job"))
+        results = launch(data, out)
     except RuntimeError as err:
         pytest.fail(str(err))
+    results["tokenised"] = [json.loads((out / f"tokenised_rank{r}.json").read_text()) for r in range(2)]
     for name in LOSS_RUNS:  # JSON keys are strings; steps are ints
         results[name] = {
             kind: {int(step): loss for step, loss in losses.items()} for kind, losses in results[name].items()
@@ -80,6 +82,13 @@ def test_two_processes_match_one_process(name, data, two_process, tmp_path):
         train = one["train"]
         assert [train[s] for s in (0, 2, 4)] == [-1.0, -1.0, -1.0]
         assert all(train[s] < -1.0 for s in (1, 3, 5))
+
+
+def test_the_data_is_tokenised_once_for_both_ranks(two_process):
+    """Rank 0's prepare_data builds the one cache entry (the file serves training and validation);
+    rank 1, and every later run of the job, maps it."""
+    rank0, rank1 = two_process["tokenised"]
+    assert len(rank0) == 1 and rank1 == []
 
 
 def test_accumulation_checkpointing_and_bf16_compute(two_process):

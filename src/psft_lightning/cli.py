@@ -29,6 +29,7 @@ from psft_lightning.checkpointing import (
     use_atomic_checkpoints,
 )
 from psft_lightning.data import PSFTDataModule
+from psft_lightning.data.hub import is_hub
 from psft_lightning.errors import ConfigError, PSFTError
 from psft_lightning.module import PSFTModule
 from psft_lightning.objectives import available_objectives, objective_class
@@ -120,7 +121,7 @@ def check_data_paths(cfg) -> None:
     for key in ("train_files", "val_files"):
         paths = cfg.data.get(key) or []
         for path in [paths] if isinstance(paths, str) else paths:
-            if Path(path).is_absolute() or Path(path).exists():
+            if is_hub(path) or Path(path).is_absolute() or Path(path).exists():
                 continue
             near = [
                 folder

@@ -10,13 +10,15 @@ continues with the next unseen batch.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from psft_lightning.data.collate import collate, collate_packed
 from psft_lightning.data.formats import Example
+from psft_lightning.data.table import lengths_and_loss_tokens
 from psft_lightning.errors import ConfigError, DataError
 
 BUCKET_WINDOW_STEPS = 32
@@ -62,7 +64,7 @@ def plan_epoch(
     seed: int,
     epoch: int,
     shuffle: bool,
-    lengths: list[int] | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Example indices of each optimizer step of one epoch; an incomplete last step is dropped.
 
@@ -104,11 +106,13 @@ class StepBatches:
     ``packing`` lays each micro-batch's examples end to end in rows of <= ``pack_length`` tokens
     (the micro-batch keeps its examples, so ``step_loss_tokens`` and resume do not change);
     ``bucketing`` puts examples of similar length in the same micro-batch (see ``plan_epoch``).
+    Lengths and loss-token counts come from an ``ExampleTable``'s columns; examples are read only
+    when their micro-batch is collated.
     """
 
     def __init__(
         self,
-        examples: list[Example],
+        examples: Sequence[Example],
         shape: StepShape,
         pad_id: int,
         seed: int = 0,
@@ -128,8 +132,9 @@ class StepBatches:
         self.rank = rank
         self.current_step = current_step
         self.packing = packing
-        self.pack_length = pack_length or max(len(e.input_ids) for e in examples)
-        self.lengths = [len(e.input_ids) for e in examples] if bucketing else None
+        lengths, self.loss_tokens = lengths_and_loss_tokens(examples)
+        self.pack_length = pack_length or int(lengths.max())
+        self.lengths = lengths if bucketing else None
         self.steps_per_epoch = len(examples) // shape.examples_per_step
         self._plans: dict[int, list[list[int]]] = {}
 
@@ -157,7 +162,7 @@ class StepBatches:
         yields them; a pure function of the plan, so it can be called ahead of the loader."""
         epoch, index = divmod(step, self.steps_per_epoch)
         indices = self.plan(epoch)[index]
-        step_loss_tokens = torch.tensor(float(sum(self.examples[i].num_loss_tokens for i in indices)))
+        step_loss_tokens = torch.tensor(float(self.loss_tokens[indices].sum(dtype=np.int64)))
         batches = []
         for micro in rank_micro_batches(indices, self.shape, self.rank):
             batch = self.collate(micro)

@@ -1,4 +1,4 @@
-"""PSFTDataModule: local JSON/JSONL/Parquet files or a saved HF dataset -> tokenised, batched examples."""
+"""PSFTDataModule: JSON/JSONL/Parquet files, saved or hub datasets -> cached Arrow examples -> batches."""
 
 from __future__ import annotations
 
@@ -9,17 +9,13 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from psft_lightning.data.batching import StepBatches, StepShape, check_step_fits, check_val_interval
+from psft_lightning.data.cache import cached_examples, default_cache_dir
 from psft_lightning.data.collate import collate
-from psft_lightning.data.formats import IGNORE_INDEX, Example, Fields, Format, check_format, row_to_example
-from psft_lightning.data.lengths import (
-    Overlong,
-    OverlongReport,
-    SkipReport,
-    fit_length,
-    length_warnings,
-    loses_final_eos,
-)
-from psft_lightning.data.sources import read_rows
+from psft_lightning.data.formats import IGNORE_INDEX, Fields, Format, check_format
+from psft_lightning.data.hub import is_hub, parse_hub
+from psft_lightning.data.lengths import Overlong, OverlongReport, SkipReport, length_warnings
+from psft_lightning.data.table import ExampleTable
+from psft_lightning.data.tokenise import TokenSettings
 from psft_lightning.errors import ConfigError, DataError
 from psft_lightning.models import load_tokenizer
 
@@ -29,8 +25,13 @@ log = logging.getLogger(__name__)
 class PSFTDataModule(L.LightningDataModule):
     """Tokenised SFT data with exact per-step loss-token counts.
 
+    Rows are tokenised once per source into the Arrow cache (``cache_dir``) and memory-mapped from
+    there: a later run, and every other rank of this one, reads the cached examples without
+    re-tokenising (``prepare_data`` builds them on each node's first process).
+
     Args:
-        train_files: JSONL/JSON/Parquet files or saved-dataset directories for training.
+        train_files: JSONL/JSON/Parquet files, saved-dataset directories or hub datasets
+            (``hub:org/name``, optionally ``?name=CONFIG&split=SPLIT&revision=REV``) for training.
         val_files: files for validation; if empty, ``val_fraction`` of the training rows is held out.
         tokenizer: model name or path the tokenizer is loaded from (the CLI links it to ``model.model``).
         format: ``auto`` detects per row from the present fields.
@@ -50,6 +51,9 @@ class PSFTDataModule(L.LightningDataModule):
             implementation that keeps packed examples apart (eager, sdpa, flex_attention).
         pack_length: tokens per packed row (defaults to ``max_length``).
         bucketing: put examples of similar length in the same micro-batch (less padding, no packing).
+        cache_dir: where tokenised examples are kept (default ``$PSFT_DATA_CACHE``, else
+            ``~/.cache/psft_lightning/data``); deleting it is always safe.
+        num_proc: tokenising processes (default: one per CPU, at most one per 500 rows).
     """
 
     def __init__(
@@ -71,6 +75,8 @@ class PSFTDataModule(L.LightningDataModule):
         packing: bool = False,
         pack_length: int | None = None,
         bucketing: bool = False,
+        cache_dir: str | None = None,
+        num_proc: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(train_files, str):
@@ -90,6 +96,8 @@ class PSFTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.max_val_examples must be >= 0 (0 for all), got {max_val_examples}")
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if num_proc is not None and num_proc < 1:
+            raise ConfigError(f"data.num_proc must be >= 1 (or null for one per CPU), got {num_proc}")
         if pack_length is not None and pack_length < max_length:
             raise ConfigError(
                 f"data.pack_length ({pack_length}) must be >= data.max_length ({max_length}) so every "
@@ -119,37 +127,59 @@ class PSFTDataModule(L.LightningDataModule):
         self.packing = packing
         self.pack_length = pack_length or max_length
         self.bucketing = bucketing
-        self.train_examples: list[Example] | None = None
-        self.val_examples: list[Example] = []
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.num_proc = num_proc
+        for path in self.train_files + self.val_files:  # a malformed hub entry fails before any work
+            if is_hub(path):
+                parse_hub(path, "train")
+        self.train_examples: ExampleTable | None = None
+        self.val_examples: ExampleTable | list = []
         self.skipped: dict[str, SkipReport] = {}
         self.overlong_report: dict[str, OverlongReport] = {}
+        self.tokenised: list[str] = []  # cache entries this process built (none when it mapped them)
 
     @property
     def tokenizer(self):
         return load_tokenizer(self.tokenizer_name)
 
-    def load_examples(self, files: list[str], split: str) -> list[Example]:
-        """Read and tokenise every row of ``files``; over-long rows follow ``overlong`` and are counted."""
-        examples: list[Example] = []
-        skips, overlong = SkipReport(), OverlongReport()
+    @property
+    def token_settings(self) -> TokenSettings:
+        return TokenSettings(self.format, self.fields, self.use_chat_template, self.max_length, self.overlong)
+
+    def _splits(self) -> list[tuple[list[str], str]]:
+        return [(self.train_files, "train")] + ([(self.val_files, "validation")] if self.val_files else [])
+
+    def prepare_data(self) -> None:
+        """Tokenise every source not in the cache yet; Lightning calls this on one process per node
+        and lets the others wait, so a multi-process run tokenises once."""
+        tokenizer = self.tokenizer
+        for files, split in self._splits():
+            for path in files:
+                self._entry(path, split, tokenizer)
+
+    def _entry(self, path: str, split: str, tokenizer):
+        entry = cached_examples(path, split, tokenizer, self.token_settings, self.cache_dir, self.num_proc)
+        if entry.built:
+            self.tokenised.append(entry.directory)
+        return entry
+
+    def load_examples(self, files: list[str], split: str) -> ExampleTable:
+        """The tokenised rows of ``files`` from the cache (tokenised now if missing); over-long rows
+        follow ``overlong`` and are counted."""
+        skips, overlong, tables = SkipReport(), OverlongReport(), []
         tokenizer = self.tokenizer
         for path in files:
-            for row, where in read_rows(path, split):
-                example = row_to_example(
-                    row, tokenizer, self.format, self.fields, self.use_chat_template, where
-                )
-                fitted, reason = fit_length(example, self.max_length, self.overlong, where)
-                if fitted is not example:  # cut or dropped
-                    lost_eos = loses_final_eos(example, self.max_length, tokenizer.eos_token_id)
-                    overlong.add(len(example.input_ids), where, fitted is not None, lost_eos)
-                if fitted is None:
-                    skips.add(reason, where)
-                else:
-                    examples.append(fitted)
+            entry = self._entry(path, split, tokenizer)
+            if not entry.built:
+                log.info("%s data: %s: using the tokenised cache %s", split, path, entry.directory)
+            skips.merge(entry.skips)
+            overlong.merge(entry.overlong)
+            tables.append(entry.table)
+        examples = ExampleTable.concat(tables)
         self.skipped[split], self.overlong_report[split] = skips, overlong
         for line in length_warnings(split, len(examples), skips, overlong, self.max_length):
             log.warning(line)
-        if not examples:  # files without rows are refused by read_rows: every row was too long
+        if not len(examples):  # files without rows are refused by read_rows: every row was too long
             raise DataError(
                 f"{split} data ({', '.join(files)}) has no usable example after "
                 f"max_length={self.max_length}: all {skips.total} rows are longer (the longest has "
@@ -168,8 +198,8 @@ class PSFTDataModule(L.LightningDataModule):
             random.Random(self.seed).shuffle(order)
             n_val = max(1, int(len(examples) * self.val_fraction))
             held = set(order[:n_val])
-            self.val_examples = [examples[i] for i in sorted(held)]
-            examples = [e for i, e in enumerate(examples) if i not in held]
+            self.val_examples = examples.select(sorted(held))
+            examples = examples.select([i for i in range(len(examples)) if i not in held])
         if self.max_val_examples:
             self.val_examples = self.val_examples[: self.max_val_examples]
         self.train_examples = examples
@@ -180,12 +210,11 @@ class PSFTDataModule(L.LightningDataModule):
             check_val_interval(
                 len(examples), shape, trainer.val_check_interval, trainer.check_val_every_n_epoch
             )
-        n_tokens = sum(len(e.input_ids) for e in examples)
         log.info(
             "train: %d examples, %d tokens (%d loss tokens); validation: %d examples",
             len(examples),
-            n_tokens,
-            sum(e.num_loss_tokens for e in examples),
+            int(examples.lengths.sum(dtype="int64")),
+            int(examples.loss_tokens.sum(dtype="int64")),
             len(self.val_examples),
         )
 

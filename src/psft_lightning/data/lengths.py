@@ -34,6 +34,13 @@ class SkipReport:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def merge(self, other: SkipReport) -> None:
+        """Add the report of the next file, as if its rows had followed."""
+        for reason, n in other.counts.items():
+            self.counts[reason] = self.counts.get(reason, 0) + n
+            kept = self.examples.setdefault(reason, [])
+            kept.extend(other.examples[reason][: 3 - len(kept)])
+
 
 @dataclass
 class OverlongReport:
@@ -52,6 +59,13 @@ class OverlongReport:
             self.lost_eos += lost_eos
             if len(self.examples) < 3:
                 self.examples.append(where)
+
+    def merge(self, other: OverlongReport) -> None:
+        """Add the report of the next file, as if its rows had followed."""
+        self.truncated += other.truncated
+        self.lost_eos += other.lost_eos
+        self.longest = max(self.longest, other.longest)
+        self.examples.extend(other.examples[: 3 - len(self.examples)])
 
 
 def loses_final_eos(example: Example, max_length: int, eos_id: int | None) -> bool:

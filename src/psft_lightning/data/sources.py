@@ -1,7 +1,8 @@
 """Dataset files -> rows, each with a location (``file:line`` or ``file row i``) for error messages.
 
-JSON Lines is parsed here line by line so a malformed line is reported by number; Parquet files and
-saved Hugging Face datasets are read through ``datasets``.
+JSON Lines is parsed here line by line so a malformed line is reported by number; Parquet files,
+saved Hugging Face datasets and hub datasets (``hub:org/name``, see ``hub.py``) are read through
+``datasets``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from psft_lightning.data.hub import is_hub, load_hub, parse_hub
 from psft_lightning.errors import DataError
 
 Row = tuple[dict[str, Any], str]
@@ -148,7 +150,11 @@ def _empty_saved_parts(path: str) -> list[str]:
 
 
 def read_rows(path: str, split: str = "train") -> Iterator[Row]:
-    """Rows of a ``.jsonl``/``.json``/``.parquet`` file or a ``save_to_disk`` directory."""
+    """Rows of a ``.jsonl``/``.json``/``.parquet`` file, a ``save_to_disk`` directory or ``hub:`` dataset."""
+    if is_hub(path):
+        spec = parse_hub(path, split)
+        yield from _dataset_rows(load_hub(spec), spec.label)
+        return
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or directory")
     if os.path.isdir(path):
