@@ -6,7 +6,7 @@ Cases (each in a fresh subprocess, so each peak memory is its own):
 - packing:   padded vs packed micro-batches of a variable-length mix;
 - vocab:     the built-in chunked KL vs the same KL written as a plugin's vocabulary function
              (``Needs(vocab_fn=...)``, evaluated by ``ops.chunked_vocab_values``) on the 152k vocabulary;
-- trl:       TRL's SFTTrainer on the same model, data, batch and length as our CE.
+- trl:       TRL's SFTTrainer on the same model, data, batch and length as our CE;
 - data:      (``--data-case TOKENS``, run alone) tokenisation: today's loop vs the Arrow cache.
 
 It writes one JSON (ratios and pass/fail per target) and a Markdown report. Timing is wall-clock
