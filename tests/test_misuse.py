@@ -219,6 +219,7 @@ def test_log_lines_once_per_run_and_validate_names_the_checkpoint_step(tmp_path,
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stderr.count("step 0 (before training)") == 1
     assert two.stderr.count("step 2: val/loss") == 1
+    assert two.stderr.count("train: 24 examples") == 1  # the data module's lines too
     checkpoint = tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     validated = psft(*["validate", *fit_args(tmp_path, arithmetic_files)[1:]], f"--ckpt_path={checkpoint}")
     assert validated.returncode == 0, validated.stderr[-3000:]

@@ -170,7 +170,7 @@ class PSFTDataModule(L.LightningDataModule):
         tokenizer = self.tokenizer
         for path in files:
             entry = self._entry(path, split, tokenizer)
-            if not entry.built:
+            if not entry.built and self._speaks:
                 log.info("%s data: %s: using the tokenised cache %s", split, path, entry.directory)
             skips.merge(entry.skips)
             overlong.merge(entry.overlong)
@@ -178,7 +178,8 @@ class PSFTDataModule(L.LightningDataModule):
         examples = ExampleTable.concat(tables)
         self.skipped[split], self.overlong_report[split] = skips, overlong
         for line in length_warnings(split, len(examples), skips, overlong, self.max_length):
-            log.warning(line)
+            if self._speaks:
+                log.warning(line)
         if not len(examples):  # files without rows are refused by read_rows: every row was too long
             raise DataError(
                 f"{split} data ({', '.join(files)}) has no usable example after "
@@ -210,13 +211,19 @@ class PSFTDataModule(L.LightningDataModule):
             check_val_interval(
                 len(examples), shape, trainer.val_check_interval, trainer.check_val_every_n_epoch
             )
-        log.info(
-            "train: %d examples, %d tokens (%d loss tokens); validation: %d examples",
-            len(examples),
-            int(examples.lengths.sum(dtype="int64")),
-            int(examples.loss_tokens.sum(dtype="int64")),
-            len(self.val_examples),
-        )
+        if self._speaks:
+            log.info(
+                "train: %d examples, %d tokens (%d loss tokens); validation: %d examples",
+                len(examples),
+                int(examples.lengths.sum(dtype="int64")),
+                int(examples.loss_tokens.sum(dtype="int64")),
+                len(self.val_examples),
+            )
+
+    @property
+    def _speaks(self) -> bool:
+        """Log lines come from the first process only (every rank loads the same data)."""
+        return self.trainer is None or self.trainer.is_global_zero
 
     def _shape(self) -> StepShape:
         trainer = self.trainer
