@@ -12,34 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny_run import tiny_fit_args
 
 from psft_lightning.cli import main, run_cli
 from psft_lightning.errors import ConfigError
 from psft_lightning.objectives import CE, ENTRY_POINT_GROUP, KL, PSFT, PSFTWarmup
 
 TESTS = Path(__file__).resolve().parent
-TINY = str(TESTS.parent / "configs" / "tiny.yaml")
 PLUGINS = str(TESTS / "plugins")
 
 
 @pytest.fixture
 def args(tmp_path, arithmetic_files):
     """``fit``/``validate`` arguments: tiny.yaml, 2 steps, outputs and small data under tmp_path."""
-    train, val = arithmetic_files
-    return [
-        "--config",
-        TINY,
-        "--trainer.max_steps=2",
-        "--trainer.val_check_interval=2",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--data.train_files=[{train}]",
-        f"--data.val_files=[{val}]",
-        "--data.max_val_examples=4",
-        "--data.max_length=192",
-    ]
+    return tiny_fit_args(tmp_path, arithmetic_files, 2, "--data.max_length=192")
 
 
 def scalars(root, version: int = 0, run: int = 0) -> dict[str, dict[int, float]]:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_reproduce import load_script
+from tiny_run import tiny_fit_args
 
 from psft_lightning.callbacks import GenerationEval
 from psft_lightning.callbacks.dashboard import (
@@ -26,7 +27,6 @@ from psft_lightning.cli import run_cli
 from psft_lightning.objectives import CE, KL, PSFT, Objective, PSFTWarmup
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = str(CONFIGS / "tiny.yaml")
 COMMON = ["loss and nll", "entropy (train, val)"]
 PSFT_CHARTS = ["clip fractions (high/low)", "ratio mean/max", "approx-KL and ref-KL"]
 RUN_TITLES = ["val loss and token accuracy", "lr and grad norm", "tokens/s"]
@@ -110,25 +110,8 @@ def event_tags(folder: str) -> dict[str, list[str]]:
 
 def fit_tiny(tmp_path, arithmetic_files, *extra: str):
     """Two steps of configs/tiny.yaml (validation at step 2), logged under ``tmp_path``."""
-    train, val = arithmetic_files
-    logger = [] if "--trainer.logger=true" in extra else [f"--trainer.logger.init_args.save_dir={tmp_path}"]
-    return run_cli(
-        [
-            "fit",
-            "--config",
-            TINY,
-            "--trainer.max_steps=2",
-            "--trainer.val_check_interval=2",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            f"--trainer.default_root_dir={tmp_path}",
-            *logger,
-            f"--data.train_files=[{train}]",
-            f"--data.val_files=[{val}]",
-            "--data.max_val_examples=4",
-            *extra,
-        ]
-    )
+    logger = "--trainer.logger=true" not in extra
+    return run_cli(["fit", *tiny_fit_args(tmp_path, arithmetic_files, 2, *extra, logger=logger)])
 
 
 def test_tensorboard_serves_the_layout_tags_and_hparams_of_a_run(tmp_path, arithmetic_files):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cli import scalars
+from tiny_run import tiny_fit_args
 
 from psft_lightning.callbacks import ClippedTokens
 from psft_lightning.callbacks.clipped_tokens import TAG, markdown_table
@@ -16,25 +17,10 @@ from psft_lightning.cli import run_cli
 from psft_lightning.errors import ConfigError
 
 TESTS = Path(__file__).resolve().parent
-TINY = str(TESTS.parent / "configs" / "tiny.yaml")
 
 
 def cli_args(tmp_path, files, *extra: str) -> list[str]:
-    train, val = files
-    return [
-        f"--config={TINY}",
-        "--trainer.max_steps=4",
-        "--trainer.val_check_interval=4",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--data.train_files=[{train}]",
-        f"--data.val_files=[{val}]",
-        "--data.max_val_examples=4",
-        *extra,
-    ]
+    return tiny_fit_args(tmp_path, files, 4, "--trainer.num_sanity_val_steps=0", *extra)
 
 
 class Spy(ClippedTokens):

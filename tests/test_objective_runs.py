@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 from test_cli import scalars
+from tiny_run import tiny_fit_args
 
 from psft_lightning.cli import run_cli
 from psft_lightning.objectives import objective_class
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "configs" / "tiny.yaml")
 
 FORWARD_KL = "psft_lightning.objectives.KL --model.objective.direction=forward"
 # objective (with init args) -> the tags it adds beyond train/loss and train/nll
@@ -29,26 +29,11 @@ FAMILY = {
 
 
 def fit(tmp_path, files, objective: str, *extra: str):
-    train, val = files
     name, *init = objective.split()
-    args = [
-        "fit",
-        f"--config={TINY}",
-        f"--model.objective={name}",
-        *init,
-        "--trainer.max_steps=3",
-        "--trainer.val_check_interval=3",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--data.train_files=[{train}]",
-        f"--data.val_files=[{val}]",
-        "--data.max_val_examples=4",
-        "--data.max_length=192",
-        *extra,
-    ]
-    return run_cli(args)
+    args = tiny_fit_args(
+        tmp_path, files, 3, f"--model.objective={name}", *init, "--data.max_length=192", *extra
+    )
+    return run_cli(["fit", *args])
 
 
 @pytest.mark.parametrize("objective", sorted(FAMILY))

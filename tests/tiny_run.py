@@ -49,6 +49,30 @@ def train_tiny(
     return module, root / "checkpoints" / "last.ckpt"
 
 
+TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+
+
+def tiny_fit_args(
+    root: Path, files: tuple[str, str], steps: int = 2, *extra: str, logger: bool = True
+) -> list[str]:
+    """CLI arguments for configs/tiny.yaml: ``steps`` optimizer steps with validation after the last,
+    the small data ``files``, 4 validation examples, outputs (and, with ``logger``, events) under ``root``."""
+    train, val = files
+    return [
+        f"--config={TINY_YAML}",
+        f"--trainer.max_steps={steps}",
+        f"--trainer.val_check_interval={steps}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={root}",
+        *([f"--trainer.logger.init_args.save_dir={root}"] if logger else []),
+        f"--data.train_files=[{train}]",
+        f"--data.val_files=[{val}]",
+        "--data.max_val_examples=4",
+        *extra,
+    ]
+
+
 # Set in this process by in-process Lightning runs (and by torchrun): a `psft` subprocess that inherits
 # them believes another launcher started it and waits for ranks that never come.
 LAUNCHER_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE")
