@@ -20,9 +20,9 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
 from conftest import ARITHMETIC_TRAIN, StepLosses  # noqa: E402
+from tiny_run import arithmetic_data  # noqa: E402
 
 from psft_lightning.callbacks import OldPolicy  # noqa: E402
-from psft_lightning.data import Fields, PSFTDataModule  # noqa: E402
 from psft_lightning.module import PSFTModule  # noqa: E402
 
 RECORD = TESTS / "loss_record.json"
@@ -52,9 +52,7 @@ def run_case(case: dict, root: Path) -> dict[str, dict[str, float]]:
 
     L.seed_everything(0, verbose=False)
     train, val = write_files(root)
-    data = PSFTDataModule(
-        [train], [val], tokenizer="tiny", fields=Fields(prompt="question", completion="answer"), batch_size=2
-    )
+    data = arithmetic_data(train, val, batch_size=2)
     objective = PSFTWarmup(warmup_steps=case["warmup_steps"]) if "warmup_steps" in case else case["objective"]
     module = PSFTModule(
         model="tiny", objective=objective, lr=3e-3, schedule="constant", lora=case.get("lora")

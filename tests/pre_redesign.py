@@ -18,9 +18,9 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
 from conftest import ARITHMETIC_TRAIN, StepLosses  # noqa: E402
+from tiny_run import arithmetic_data  # noqa: E402
 
 from psft_lightning.callbacks import OldPolicy  # noqa: E402
-from psft_lightning.data import Fields, PSFTDataModule  # noqa: E402
 from psft_lightning.module import PSFTModule  # noqa: E402
 
 FIXTURES = TESTS / "fixtures"
@@ -49,14 +49,7 @@ def resume(name: str, checkpoint: Path, root: Path, steps: int = 5) -> dict[int,
     """Resume ``checkpoint`` to ``steps`` steps; the training loss of each resumed step."""
     root.mkdir(parents=True, exist_ok=True)
     train, val = write_files(root)
-    data = PSFTDataModule(
-        [train],
-        [val],
-        tokenizer="tiny",
-        fields=Fields(prompt="question", completion="answer"),
-        max_length=128,
-        batch_size=2,
-    )
+    data = arithmetic_data(train, val, max_length=128, batch_size=2)
     losses = StepLosses()
     trainer = L.Trainer(
         accelerator="cpu",

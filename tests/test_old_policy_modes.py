@@ -5,11 +5,10 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from tiny_run import arithmetic_data
 from torch import nn
 
 from psft_lightning.callbacks import OldPolicy
-from psft_lightning.data.datamodule import PSFTDataModule
-from psft_lightning.data.formats import Fields
 from psft_lightning.errors import ConfigError
 from psft_lightning.module import PSFTModule
 from psft_lightning.policies import LookaheadOldPolicy, SnapshotOldPolicy
@@ -47,14 +46,7 @@ class StepLosses(L.Callback):
 
 def fit(files, mode: str, max_steps: int, tmp_path, ckpt_in=None, ckpt_out=None, packing=False):
     train, val = files
-    data = PSFTDataModule(
-        [train],
-        [val],
-        tokenizer="tiny",
-        fields=Fields(prompt="question", completion="answer"),
-        batch_size=2,
-        packing=packing,
-    )
+    data = arithmetic_data(train, val, batch_size=2, packing=packing)
     module = PSFTModule(model="tiny", objective="psft", lr=3e-3, schedule="constant")
     old, losses = OldPolicy(refresh_every_n_steps=REFRESH, mode=mode), StepLosses()
     trainer = L.Trainer(

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from pre_redesign import FIXTURES, LOSSES, resume
+from tiny_run import arithmetic_data
 
 from psft_lightning.errors import ConfigError
 
@@ -37,9 +38,5 @@ def test_a_pre_redesign_checkpoint_of_another_objective_is_refused_with_why(tmp_
 def _data(root):
     from pre_redesign import write_files
 
-    from psft_lightning.data import Fields, PSFTDataModule
-
     train, val = write_files(root)
-    return PSFTDataModule(
-        [train], [val], tokenizer="tiny", fields=Fields(prompt="question", completion="answer")
-    )
+    return arithmetic_data(train, val)

@@ -15,19 +15,19 @@ from psft_lightning.data import Fields, PSFTDataModule
 from psft_lightning.module import PSFTModule
 
 
+def arithmetic_data(train: str, val: str, **kwargs) -> PSFTDataModule:
+    """The tiny tokenizer over arithmetic-style question/answer files (``kwargs``: sizes, packing...)."""
+    return PSFTDataModule(
+        [train], [val], tokenizer="tiny", fields=Fields(prompt="question", completion="answer"), **kwargs
+    )
+
+
 def train_tiny(
     root: Path, files: tuple[str, str], steps: int = 3, refresh_every_n_steps: int = 2, **module_kwargs
 ) -> tuple[PSFTModule, Path]:
     """Fit ``PSFTModule(model="tiny", **module_kwargs)`` for ``steps`` steps; returns it and last.ckpt."""
     train, val = files
-    data = PSFTDataModule(
-        train_files=[train],
-        val_files=[val],
-        tokenizer="tiny",
-        fields=Fields(prompt="question", completion="answer"),
-        max_length=128,
-        batch_size=2,
-    )
+    data = arithmetic_data(train, val, max_length=128, batch_size=2)
     module = PSFTModule(model="tiny", **module_kwargs)
     trainer = L.Trainer(
         accelerator="cpu",

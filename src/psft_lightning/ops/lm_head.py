@@ -104,11 +104,9 @@ class _ChunkedHeadStats(torch.autograd.Function):
     def backward(ctx, grad_logprobs, _grad_entropy, _grad_correct, grad_ref_kl):
         hidden, weight, targets, ref_hidden, ref_weight, ref_kl, lse, ref_lse = ctx.saved_tensors
         dtype = ctx.dtype
-        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         acc_dtype = torch.promote_types(dtype, torch.float32)
-        grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
+        grad_hidden, grad_weight, w = grad_buffers(ctx, hidden, weight)
         use_kl = ctx.with_ref and grad_ref_kl is not None
-        w = weight.to(dtype)
         ref_w = ref_weight.to(dtype) if use_kl else None
         with torch.autocast(hidden.device.type, enabled=False):
             for sl in _chunks(hidden.shape[0], ctx.chunk_size):
@@ -135,8 +133,22 @@ class _ChunkedHeadStats(torch.autograd.Function):
                 if grad_z is None:
                     continue
                 backprop_chunk(grad_z, sl, w, hidden, grad_hidden, grad_weight, dtype)
-        grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None, None, None, None, None
+        return head_grads(ctx, grad_hidden, grad_weight, weight)
+
+
+def grad_buffers(ctx, hidden: Tensor, weight: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+    """Zeroed gradients of the hidden states (if wanted) and of the head (fp32 or wider), and the head
+    weight in the compute dtype, for a chunked backward."""
+    acc_dtype = torch.promote_types(ctx.dtype, torch.float32)
+    grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+    grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
+    return grad_hidden, grad_weight, weight.to(ctx.dtype)
+
+
+def head_grads(ctx, grad_hidden: Tensor | None, grad_weight: Tensor, weight: Tensor) -> tuple:
+    """The backward's outputs: the hidden-state and head-weight gradients, None for the other inputs."""
+    grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
+    return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def backprop_chunk(

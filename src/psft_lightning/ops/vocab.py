@@ -14,7 +14,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from psft_lightning.ops.lm_head import _chunk_logits, _chunks, auto_chunk_size, backprop_chunk
+from psft_lightning.ops.lm_head import (
+    _chunk_logits,
+    _chunks,
+    auto_chunk_size,
+    backprop_chunk,
+    grad_buffers,
+    head_grads,
+)
 
 # (policy logits [c, V] fp32, reference logits [c, V] fp32 or None, targets [c]) -> per-token values [c, ...]
 VocabFn = Callable[[Tensor, Tensor | None, Tensor], Tensor]
@@ -49,10 +56,7 @@ class _ChunkedVocabFn(torch.autograd.Function):
     def backward(ctx, grad_values):
         hidden, weight, targets, ref_hidden, ref_weight = ctx.saved_tensors
         dtype = ctx.dtype
-        acc_dtype = torch.promote_types(dtype, torch.float32)
-        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
-        w = weight.to(dtype)
+        grad_hidden, grad_weight, w = grad_buffers(ctx, hidden, weight)
         ref_w = ref_weight.to(dtype) if ref_hidden is not None else None
         with torch.autocast(hidden.device.type, enabled=False):
             for sl in _chunks(hidden.shape[0], ctx.chunk_size):
@@ -67,8 +71,7 @@ class _ChunkedVocabFn(torch.autograd.Function):
                     (grad_z,) = torch.autograd.grad(values, logits, grad_values[sl].to(values.dtype))
                 del logits, values
                 backprop_chunk(grad_z, sl, w, hidden, grad_hidden, grad_weight, dtype)
-        grad_weight = grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None, None, None, None, None
+        return head_grads(ctx, grad_hidden, grad_weight, weight)
 
 
 def chunked_vocab_values(
