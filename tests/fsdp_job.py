@@ -62,6 +62,7 @@ def run(
     probe: L.Callback | None = None,
     accumulate: int = 1,
     old_policy_mode: str = "snapshot",
+    precision: str = "32-true",
     **module_kwargs,
 ) -> dict[str, dict[int, float]]:
     """Train ``objective`` on the tiny model at global batch 4, validating every 3 steps; return the
@@ -77,6 +78,7 @@ def run(
         accelerator="cpu",
         devices=devices,
         strategy=FSDP2Strategy() if devices > 1 else "auto",
+        precision=precision,
         max_steps=STEPS[objective],
         val_check_interval=3 * accumulate,
         accumulate_grad_batches=accumulate,
@@ -196,6 +198,7 @@ def main(data: str, out: str) -> None:
     results["ce_accumulate"] = run("ce", data, 2, root / "accumulate", accumulate=2)
     results["ce_checkpointing"] = run("ce", data, 2, root / "ac", gradient_checkpointing=True)
     results["ce_bf16"] = run("ce", data, 2, root / "bf16", fsdp_param_dtype="bf16", fsdp_reduce_dtype="fp32")
+    results["psft_bf16_mixed"] = run("psft", data, 2, root / "psft_bf16_mixed", precision="bf16-mixed")
     probe = ShardProbe()
     for name, kwargs in PSFT_VARIANTS.items():
         results[name] = run("psft", data, 2, root / name, probe=probe if name == "psft" else None, **kwargs)

@@ -51,7 +51,7 @@ def two_process(data, tmp_path_factory) -> dict:
     except RuntimeError as err:
         pytest.fail(str(err))
     results["tokenised"] = [json.loads((out / f"tokenised_rank{r}.json").read_text()) for r in range(2)]
-    for name in LOSS_RUNS:  # JSON keys are strings; steps are ints
+    for name in (*LOSS_RUNS, "psft_bf16_mixed"):  # JSON keys are strings; steps are ints
         results[name] = {
             kind: {int(step): loss for step, loss in losses.items()} for kind, losses in results[name].items()
         }
@@ -100,6 +100,14 @@ def test_accumulation_checkpointing_and_bf16_compute(two_process):
     bf16 = two_process["ce_bf16"]["train"]
     diffs = [abs(bf16[s] - fp32[s]) for s in fp32]
     assert 0 < max(diffs) < 0.05, diffs  # really computed in bf16, and still close
+
+
+def test_psft_under_bf16_mixed_autocast(two_process):
+    """Trainer precision bf16-mixed over FSDP2: the policy and the sharded pi_old twin run under autocast."""
+    fp32, bf16 = two_process["psft"]["train"], two_process["psft_bf16_mixed"]["train"]
+    assert sorted(bf16) == sorted(fp32)
+    diffs = [abs(bf16[s] - fp32[s]) for s in fp32]
+    assert 0 < max(diffs) < 0.05, diffs
 
 
 def test_twins_are_sharded_and_refresh_is_local(two_process):

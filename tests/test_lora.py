@@ -40,8 +40,11 @@ def lora_module(objective: str = "psft") -> PSFTModule:
     return module
 
 
-def test_psft_lora_trains_the_adapters_only_and_lowers_the_loss(tmp_path, arithmetic_files):
-    module, _ = train_tiny(tmp_path / "run", arithmetic_files, steps=8, objective="psft", lr=2e-2, lora=LORA)
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_psft_lora_trains_the_adapters_only_and_lowers_the_loss(tmp_path, arithmetic_files, precision):
+    module, _ = train_tiny(
+        tmp_path / "run", arithmetic_files, steps=8, precision=precision, objective="psft", lr=2e-2, lora=LORA
+    )
     data = module.trainer.datamodule
     batch = collate(data.train_examples[:8], data.tokenizer.pad_token_id)
     base = load_model("tiny")

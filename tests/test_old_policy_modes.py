@@ -44,13 +44,14 @@ class StepLosses(L.Callback):
         self.losses[step] = self.losses.get(step, 0.0) + outputs["loss"].item()
 
 
-def fit(files, mode: str, max_steps: int, tmp_path, ckpt_in=None, ckpt_out=None, packing=False):
+def fit(files, mode, max_steps, tmp_path, ckpt_in=None, ckpt_out=None, packing=False, precision="32-true"):
     train, val = files
     data = arithmetic_data(train, val, batch_size=2, packing=packing)
     module = PSFTModule(model="tiny", objective="psft", lr=3e-3, schedule="constant")
     old, losses = OldPolicy(refresh_every_n_steps=REFRESH, mode=mode), StepLosses()
     trainer = L.Trainer(
         accelerator="cpu",
+        precision=precision,
         max_steps=max_steps,
         accumulate_grad_batches=2,
         limit_val_batches=0,
@@ -86,6 +87,17 @@ def test_lookahead_gives_the_snapshot_losses_and_holds_no_weights(arithmetic_fil
     assert sum(t.numel() for t in state["cache"].values()) < n_params / 10
     # the refresh at step 6 cached steps 7 and 8 (2 micro-batches each) for a longer resumed run
     assert sorted(state["cache"]) == [(7, 0), (7, 1), (8, 0), (8, 1)]
+
+
+def test_lookahead_runs_in_the_steps_precision_under_bf16(arithmetic_files, tmp_path):
+    """The lookahead's forward runs in a callback, outside the training step: it must still be bf16-mixed,
+    or pi_old's fp32 log-probs would meet the policy's bf16 ones in the ratio."""
+    snap, _, _ = fit(arithmetic_files, "snapshot", 4, tmp_path, precision="bf16-mixed")
+    ahead, _, _ = fit(arithmetic_files, "lookahead", 4, tmp_path, precision="bf16-mixed")
+    fp32, _, _ = fit(arithmetic_files, "snapshot", 4, tmp_path)
+    for step in range(4):
+        assert ahead.losses[step] == pytest.approx(snap.losses[step], abs=1e-6), step
+    assert max(abs(snap.losses[s] - fp32.losses[s]) for s in range(4)) > 1e-5  # bf16 really ran
 
 
 def test_lookahead_resume_is_exact(arithmetic_files, tmp_path):

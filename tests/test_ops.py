@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from psft_lightning.ops import TokenStats, chunked_token_stats, naive_token_stats
+from psft_lightning.ops import TokenStats, chunked_logprobs, chunked_token_stats, naive_token_stats
 
 N, H, V = 10, 16, 50
 TOL = 1e-5
@@ -172,6 +172,29 @@ def test_bf16_autocast_gives_fp32_results_close_to_fp32():
     assert close(h1.grad, h3.grad, 5e-2) and close(w1.grad, w3.grad, 5e-2)
     # bf16 really was used: not bit-identical to the fp32 result
     assert not torch.equal(s.logprobs, ref["logprobs"].detach())
+
+
+def test_bf16_autocast_multiplies_in_bf16_and_normalises_in_fp32():
+    """Under autocast the head's matmul takes bf16 operands; the log-softmax is fp32 over those logits."""
+    hidden, weight, targets, *_ = make_problem(with_ref=False)
+    logits = (hidden.bfloat16() @ weight.bfloat16().t()).float()
+    expected = torch.log_softmax(logits, dim=-1)[torch.arange(N), targets]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stats = chunked_token_stats(hidden, weight, targets, chunk_size=4)
+        alone = chunked_logprobs(hidden, weight, targets, chunk_size=4)
+    assert stats.logprobs.dtype == alone.dtype == torch.float32
+    assert close(stats.logprobs, expected, 1e-5) and torch.equal(alone, stats.logprobs)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, None])
+def test_logprobs_alone_equal_the_stats_logprobs_without_a_graph(chunk_size):
+    hidden, weight, targets, *_ = make_problem(with_ref=False)
+    h = leaf(hidden)
+    alone = chunked_logprobs(h, weight, targets, chunk_size=chunk_size)
+    stats = chunked_token_stats(h, weight, targets, chunk_size=chunk_size)
+    assert torch.equal(alone, stats.logprobs.detach())  # bit-identical: PSFT's ratio is 1 at a refresh
+    assert not alone.requires_grad
+    assert close(alone, hand_stats(hidden, weight, targets)["logprobs"])
 
 
 def test_naive_stats_upcast_bf16_logits_to_fp32():

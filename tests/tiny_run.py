@@ -23,7 +23,12 @@ def arithmetic_data(train: str, val: str, **kwargs) -> PSFTDataModule:
 
 
 def train_tiny(
-    root: Path, files: tuple[str, str], steps: int = 3, refresh_every_n_steps: int = 2, **module_kwargs
+    root: Path,
+    files: tuple[str, str],
+    steps: int = 3,
+    refresh_every_n_steps: int = 2,
+    precision: str = "32-true",
+    **module_kwargs,
 ) -> tuple[PSFTModule, Path]:
     """Fit ``PSFTModule(model="tiny", **module_kwargs)`` for ``steps`` steps; returns it and last.ckpt."""
     train, val = files
@@ -32,6 +37,7 @@ def train_tiny(
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
+        precision=precision,
         max_steps=steps,
         logger=False,
         enable_progress_bar=False,

@@ -33,7 +33,10 @@ from psft_lightning.data.hub import is_hub
 from psft_lightning.errors import ConfigError, PSFTError
 from psft_lightning.module import PSFTModule
 from psft_lightning.objectives import available_objectives, objective_class
+from psft_lightning.precision import auto_precision, precision_line
 from psft_lightning.resume import resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class PSFTArgumentParser(LightningArgumentParser):
@@ -70,6 +73,7 @@ class PSFTCLI(LightningCLI):
             cfg = self.config[self.subcommand]
             check_data_paths(cfg)
             resolve_checkpoint(cfg, fitting=self.subcommand == "fit")
+            choose_precision(cfg)
 
     def _parse_ckpt_path(self) -> None:
         """Keep the run's own config with ``--ckpt_path``: Lightning would re-parse the checkpoint's
@@ -112,6 +116,14 @@ def check_backend(strategy) -> None:
             f"trainer.strategy {type(strategy).__name__} asks for process_group_backend {backend!r}, "
             f"which needs CUDA GPUs and a PyTorch build with NCCL; this machine has none. {SHARDING_HINT}"
         )
+
+
+def choose_precision(cfg) -> None:
+    """An unset ``trainer.precision`` becomes bf16-mixed where the hardware has bf16 units, else fp32."""
+    if cfg.trainer.get("precision") is not None:
+        return
+    cfg.trainer.precision, reason = auto_precision(cfg.trainer.get("accelerator"))
+    log.info(precision_line(cfg.trainer.precision, reason))
 
 
 def check_data_paths(cfg) -> None:

@@ -20,7 +20,7 @@ from psft_lightning.policies.twins import check_strategy, drop_reference, keep_r
 from psft_lightning.run_state import RunState
 from psft_lightning.schedule import Schedule, adamw, lr_schedule
 from psft_lightning.sharding import FsdpDtype, is_sharded
-from psft_lightning.step import token_stats, train_micro_batch
+from psft_lightning.step import token_logprobs, token_stats, train_micro_batch
 from psft_lightning.step.stats import NO_NEEDS
 
 
@@ -117,7 +117,8 @@ class PSFTModule(L.LightningModule):
         return token_stats(model, batch, reference, needs or NO_NEEDS, self.chunk_size)
 
     def _logprobs(self, model: nn.Module, batch: dict) -> Tensor:
-        return self.token_stats(model, batch).logprobs
+        """pi_old's forward: log-probs only (no entropy, accuracy or graph), this run's chunks."""
+        return token_logprobs(model, batch, self.chunk_size)
 
     def train(self, mode: bool = True):
         super().train(mode)

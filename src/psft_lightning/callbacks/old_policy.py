@@ -93,7 +93,9 @@ class OldPolicy(L.Callback):
         step = trainer.global_step
         if self.active and needs.old_logprobs_at(step) and self.is_due(step, needs.old_policy_from):
             served = self.served_steps(step, needs.old_policy_from)
-            self.old.refresh(step, lambda: self._batches(trainer, pl_module, served))
+            # the precision of the training step: bf16-mixed log-probs on both sides of PSFT's ratio
+            with trainer.precision_plugin.train_step_context():
+                self.old.refresh(step, lambda: self._batches(trainer, pl_module, served))
 
     def _batches(
         self, trainer: L.Trainer, pl_module: L.LightningModule, steps: range

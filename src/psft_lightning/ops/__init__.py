@@ -5,6 +5,7 @@ from psft_lightning.ops.lm_head import (
     KLDirection,
     TokenStats,
     auto_chunk_size,
+    chunked_logprobs,
     chunked_token_stats,
     naive_token_stats,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "TokenStats",
     "VocabFn",
     "auto_chunk_size",
+    "chunked_logprobs",
     "chunked_token_stats",
     "chunked_vocab_values",
     "naive_token_stats",

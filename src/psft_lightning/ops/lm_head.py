@@ -47,6 +47,13 @@ def _chunk_logits(hidden: Tensor, weight: Tensor, dtype: torch.dtype) -> Tensor:
     return z.to(torch.promote_types(z.dtype, torch.float32))
 
 
+def compute_dtype(hidden: Tensor) -> torch.dtype:
+    """The dtype the head's matmuls run in: autocast's (bf16 under bf16-mixed), else the hidden states'."""
+    if torch.is_autocast_enabled(hidden.device.type):
+        return torch.get_autocast_dtype(hidden.device.type)
+    return hidden.dtype
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -63,9 +70,7 @@ class _ChunkedHeadStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, ref_hidden, ref_weight, chunk_size, forward_kl):
-        dtype = hidden.dtype
-        if torch.is_autocast_enabled(hidden.device.type):
-            dtype = torch.get_autocast_dtype(hidden.device.type)
+        dtype = compute_dtype(hidden)
         n = hidden.shape[0]
         acc_dtype = torch.promote_types(dtype, torch.float32)
         logprobs = hidden.new_empty(n, dtype=acc_dtype)
@@ -194,6 +199,22 @@ def chunked_token_stats(
         hidden, weight, targets, ref_hidden, ref_weight, chunk_size, kl_direction == "forward"
     )
     return TokenStats(logprobs, entropy, correct, ref_kl if ref_hidden is not None else None)
+
+
+@torch.no_grad()
+def chunked_logprobs(
+    hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int | None = None
+) -> Tensor:
+    """log pi(target) alone, without a graph: pi_old's and a lookahead's forward need nothing else (no
+    entropy, accuracy or saved tensors). The same numbers as ``chunked_token_stats(...).logprobs``."""
+    dtype = compute_dtype(hidden)
+    w = weight.to(dtype)
+    logprobs = hidden.new_empty(hidden.shape[0], dtype=torch.promote_types(dtype, torch.float32))
+    with torch.autocast(hidden.device.type, enabled=False):
+        for sl in _chunks(hidden.shape[0], chunk_size or auto_chunk_size(weight.shape[0])):
+            z = _chunk_logits(hidden[sl], w, dtype)
+            logprobs[sl] = z.gather(1, targets[sl, None]).squeeze(1) - torch.logsumexp(z, dim=-1)
+    return logprobs
 
 
 def naive_token_stats(

@@ -16,6 +16,7 @@ from psft_lightning.models import backbone_and_head, uses_plain_head
 from psft_lightning.objectives import Needs, ObjectiveInputs
 from psft_lightning.ops import (
     TokenStats,
+    chunked_logprobs,
     chunked_token_stats,
     chunked_vocab_values,
     naive_token_stats,
@@ -36,9 +37,7 @@ def token_stats(
 ) -> TokenStats:
     """Log-probs, entropy and accuracy at the batch's loss positions; with ``reference`` also the KL in
     ``needs.ref_kl``'s direction (reverse when it is None), and ``needs.vocab_fn``'s values."""
-    targets = batch["labels"][:, 1:]
-    mask = targets != IGNORE_INDEX
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    targets, mask, inputs = _loss_positions(batch)
     direction = needs.ref_kl or "reverse"
     # a reference given without a declaration gets the reverse KL; one for a vocabulary function only, none
     with_kl = reference is not None and (needs.ref_kl is not None or needs.vocab_fn is None)
@@ -71,6 +70,26 @@ def token_stats(
             needs.vocab_fn, hidden, head.weight, targets[mask], *ref_args, _vocab_chunk(chunk_size)
         )
     return stats
+
+
+@torch.no_grad()
+def token_logprobs(model: nn.Module, batch: dict, chunk_size: int | None = None) -> Tensor:
+    """Log-probs alone at the batch's loss positions, no graph: pi_old's (and a lookahead's) forward.
+    The same numbers as ``token_stats(...).logprobs`` with the same ``chunk_size``."""
+    targets, mask, inputs = _loss_positions(batch)
+    if not uses_plain_head(model):
+        logits = model(**inputs, use_cache=False).logits[:, :-1][mask]
+        return naive_token_stats(logits, targets[mask]).logprobs
+    hidden = _final_hidden(model, inputs)[:, :-1][mask]
+    _, head = backbone_and_head(model)  # read after the forward: FSDP2 has gathered the weight by then
+    return chunked_logprobs(hidden, head.weight, targets[mask], chunk_size)
+
+
+def _loss_positions(batch: dict) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Next-token targets, the loss-position mask over them, and the model inputs of a batch."""
+    targets = batch["labels"][:, 1:]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    return targets, targets != IGNORE_INDEX, inputs
 
 
 def _vocab_chunk(chunk_size: int | None) -> int | None:
