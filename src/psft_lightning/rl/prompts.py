@@ -1,0 +1,41 @@
+"""Prompt rows for GRPO: a question and its gold answer, read with the file and line of each row."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from psft_lightning.data.sources import read_rows
+from psft_lightning.errors import DataError
+from psft_lightning.rl.reward import gold_answer
+from psft_lightning.rl.settings import GRPOSettings
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    answer: str
+
+
+def load_prompts(path: Path, settings: GRPOSettings) -> list[PromptRow]:
+    """Every row of ``path`` as a prompt and the answer a completion must reach to earn reward 1."""
+    pattern = re.compile(settings.answer_pattern)
+    rows = []
+    for row, where in read_rows(str(path)):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+        prompt = row.get(settings.prompt_field)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(
+                f"{where}: field {settings.prompt_field!r} (the prompt) must be a non-empty string, got "
+                f"{prompt!r:.80}; the row has {sorted(row)} (set prompt_field / --prompt-field)"
+            )
+        raw = row.get(settings.answer_field)
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)) or not str(raw).strip():
+            raise DataError(
+                f"{where}: field {settings.answer_field!r} (the answer) must be a non-empty string or a "
+                f"number, got {raw!r:.80}; the row has {sorted(row)} (set answer_field / --answer-field)"
+            )
+        rows.append(PromptRow(prompt, gold_answer(raw, pattern)))
+    return rows
