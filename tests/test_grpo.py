@@ -86,7 +86,7 @@ def test_a_model_dir_that_is_not_an_export_is_a_clear_cli_error(tmp_path, arithm
     with pytest.raises(SystemExit) as stop:
         main(["grpo", "--model", str(tmp_path), "--train-file", arithmetic_files[0], "--out", str(tmp_path)])
     assert stop.value.code == 2
-    assert f"psft: error: GRPO model {tmp_path} has no config.json" in capsys.readouterr().err
+    assert f"psft: error: model directory {tmp_path} has no config.json" in capsys.readouterr().err
     (tmp_path / "config.json").write_text("{}")  # the prompts are checked before the model is loaded
     settings = GRPOSettings(prompt_field="question", batch_size=64)
     with pytest.raises(DataError, match="fewer than batch_size 64"):

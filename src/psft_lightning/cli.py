@@ -3,7 +3,7 @@
 ``psft fit --config configs/psft.yaml`` trains; ``--print_config`` prints a complete runnable config.
 ``psft export <checkpoint> <out_dir>`` writes a trained checkpoint as a Hugging Face model directory;
 ``psft objectives`` lists the objectives, ``psft study`` runs the reproduction study, ``psft plot``
-draws runs' curves and ``psft grpo`` runs GRPO on an exported model.
+draws runs' curves, ``psft grpo`` and ``psft dpo`` run GRPO and DPO on an exported model.
 Every run writes checkpoints atomically and saves ``last.ckpt`` when it is stopped with SIGTERM, and
 its TensorBoard logger gets the Dashboard (custom-scalars layout, HPARAMS) and no ``hp_metric`` placeholder.
 Problems with the user's data or settings are printed as one paragraph, without a traceback.
@@ -203,6 +203,7 @@ COMMANDS = {
     "study": "the reproduction study of the PSFT paper's claims, with its results page",
     "plot": "draw TensorBoard runs as PNG comparison plots",
     "grpo": "GRPO (TRL) with an exact-match reward on an exported model: psft grpo --model DIR ...",
+    "dpo": "DPO (TRL) on pairs of a model's own correct/incorrect samples: psft dpo --model DIR ...",
 }
 DESCRIPTION = (
     "Fine-tune a causal LM with SFT (ce), SFT-KL (kl), PSFT (psft), PSFT with warm-up (psft_warmup) or "
@@ -245,6 +246,10 @@ def main(args: list[str] | None = None) -> None:
             from psft_lightning.rl.cli import grpo_main
 
             grpo_main(argv[1:])
+        elif argv[:1] == ["dpo"]:
+            from psft_lightning.rl.cli import dpo_main
+
+            dpo_main(argv[1:])
         else:
             rewritten = rewrite_objective_names(argv)
             if args is None and rewritten != argv:

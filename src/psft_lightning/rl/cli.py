@@ -1,4 +1,5 @@
-"""``psft grpo --model DIR --train-file F --out DIR [...]``: flags are GRPOSettings' fields."""
+"""``psft grpo`` and ``psft dpo`` (``--model DIR --train-file F --out DIR [...]``): one flag per field
+of the settings dataclass, with its default."""
 
 from __future__ import annotations
 
@@ -6,16 +7,13 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from psft_lightning.rl.settings import GRPOSettings
+from psft_lightning.rl.settings import DPOSettings, GRPOSettings, TaskSettings
 
 HELP = {
     "steps": "optimizer steps",
     "lr": "learning rate (constant)",
-    "num_generations": "samples per prompt (>= 2: the advantage is relative to the prompt's other samples)",
-    "batch_size": "prompts per optimizer step",
     "max_new_tokens": "longest completion",
     "temperature": "sampling temperature",
-    "beta": "weight of the KL to the initial model (0: no reference model is kept)",
     "seed": "seed of sampling, data order and initialisation",
     "prompt_field": "the column holding the prompt",
     "answer_field": "the column holding the gold answer (a number, or a solution the pattern reads)",
@@ -23,32 +21,64 @@ HELP = {
     "use_chat_template": "render prompts as a user turn of the tokenizer's chat template",
     "bf16": "bf16 mixed precision",
 }
+GRPO_HELP = {
+    **HELP,
+    "batch_size": "prompts per optimizer step",
+    "beta": "weight of the KL to the initial model (0: no reference model is kept)",
+    "num_generations": "samples per prompt (>= 2: the advantage is relative to the prompt's other samples)",
+}
+DPO_HELP = {
+    **HELP,
+    "batch_size": "preference pairs per optimizer step",
+    "beta": "DPO's beta (the strength of the pull to the reference)",
+    "samples": "samples per prompt from which the pairs are built",
+    "prompts": "how many rows (the first ones) to sample",
+}
 
 
-def parser() -> argparse.ArgumentParser:
-    """One flag per GRPOSettings field, with its default."""
-    out = argparse.ArgumentParser(
-        prog="psft grpo",
-        description="GRPO (TRL's GRPOTrainer) with an exact-match reward on an exported model; writes "
-        "OUT/model (a Hugging Face directory) and OUT/grpo_log.jsonl (reward, entropy, length per step).",
-    )
+def parser(prog: str, description: str, settings: type[TaskSettings], help: dict[str, str]):
+    out = argparse.ArgumentParser(prog=prog, description=description)
     out.add_argument("--model", required=True, type=Path, help="a model directory written by psft export")
     out.add_argument("--train-file", required=True, type=Path, help="JSONL of prompts with gold answers")
     out.add_argument("--out", required=True, type=Path, help="the directory to write")
-    for field in dataclasses.fields(GRPOSettings):
+    for field in dataclasses.fields(settings):
         flag = f"--{field.name.replace('_', '-')}"
         if field.type == "bool":
             toggle = argparse.BooleanOptionalAction
-            out.add_argument(flag, action=toggle, default=field.default, help=HELP[field.name])
+            out.add_argument(flag, action=toggle, default=field.default, help=help[field.name])
         else:
             kind = {"int": int, "float": float, "str": str}[field.type]
-            out.add_argument(flag, type=kind, default=field.default, help=f"{HELP[field.name]} (%(default)s)")
+            out.add_argument(flag, type=kind, default=field.default, help=f"{help[field.name]} (%(default)s)")
     return out
 
 
 def grpo_main(args: list[str]) -> list[dict]:
     from psft_lightning.rl.grpo import run_grpo
 
-    ns = vars(parser().parse_args(args))
+    ns = vars(
+        parser(
+            "psft grpo",
+            "GRPO (TRL's GRPOTrainer) with an exact-match reward on an exported model; writes OUT/model "
+            "(a Hugging Face directory) and OUT/grpo_log.jsonl (reward, entropy, length per step).",
+            GRPOSettings,
+            GRPO_HELP,
+        ).parse_args(args)
+    )
     model, train_file, out = ns.pop("model"), ns.pop("train_file"), ns.pop("out")
     return run_grpo(model, train_file, out, GRPOSettings(**ns))
+
+
+def dpo_main(args: list[str]) -> list[dict]:
+    from psft_lightning.rl.dpo import run_dpo
+
+    ns = vars(
+        parser(
+            "psft dpo",
+            "DPO (TRL's DPOTrainer) on preference pairs from the model's own correct and incorrect samples; "
+            "writes OUT/model, OUT/dpo_pairs.jsonl and OUT/dpo_log.jsonl (loss, margin per step).",
+            DPOSettings,
+            DPO_HELP,
+        ).parse_args(args)
+    )
+    model, train_file, out = ns.pop("model"), ns.pop("train_file"), ns.pop("out")
+    return run_dpo(model, train_file, out, DPOSettings(**ns))

@@ -9,7 +9,7 @@ from pathlib import Path
 from psft_lightning.data.sources import read_rows
 from psft_lightning.errors import DataError
 from psft_lightning.rl.reward import gold_answer
-from psft_lightning.rl.settings import GRPOSettings
+from psft_lightning.rl.settings import TaskSettings
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,17 @@ class PromptRow:
     answer: str
 
 
-def load_prompts(path: Path, settings: GRPOSettings) -> list[PromptRow]:
+def user_turn(text: str, chat: bool) -> str | list[dict[str, str]]:
+    """A prompt as TRL takes it: a user turn when the chat template applies (TRL then renders it with
+    ``add_generation_prompt``, as training renders prompts), else the text itself."""
+    return [{"role": "user", "content": text}] if chat else text
+
+
+def uses_chat(tokenizer, settings: TaskSettings) -> bool:
+    return bool(settings.use_chat_template and getattr(tokenizer, "chat_template", None))
+
+
+def load_prompts(path: Path, settings: TaskSettings) -> list[PromptRow]:
     """Every row of ``path`` as a prompt and the answer a completion must reach to earn reward 1."""
     pattern = re.compile(settings.answer_pattern)
     rows = []
