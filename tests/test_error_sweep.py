@@ -1,7 +1,7 @@
 """Every place that raises a ConfigError or DataError reaches the user as one ``psft: error:`` line
 with exit status 2, never as a traceback, whichever phase it runs in: while jsonargparse builds a
 plugin, callback or the data module (it wraps errors in its own ValueError), in a Lightning hook, in a
-callback, on resume, in ``psft export`` or in the evaluation suite.
+callback, on resume, in ``psft export``, ``psft grpo``/``psft dpo`` or in the evaluation suite.
 
 The sites are found in the source (AST), so a new raise site without a route here fails the test. Each
 case replaces the function that holds the site with one that raises a ConfigError naming it, then runs
@@ -52,6 +52,7 @@ def raise_sites() -> set[str]:
     return sites
 
 
+RL_ARGS = ["--model", "{exported}", "--train-file", "{train}", "--out", "{out}", "--prompt-field=question"]
 # arguments that reach each function (after a tiny one-step fit's own arguments, or instead of them)
 ROUTES = {
     "fit": [],
@@ -86,7 +87,11 @@ ROUTES = {
     ],
     "export": ["export", "{checkpoint}", "{out}"],
     "export_sharded": ["export", "{sharded_checkpoint}", "{out}"],
+    "grpo": ["grpo", *RL_ARGS],
+    "dpo": ["dpo", *RL_ARGS],
 }
+# subcommands that take no fit arguments
+STANDALONE = ("export", "grpo", "dpo")
 
 SITES = {
     "psft_lightning.callbacks.old_policy:OldPolicy.__init__": "fit",
@@ -158,6 +163,14 @@ SITES = {
     "psft_lightning.objectives.psft:check_clip": "fit",
     "psft_lightning.objectives.psft_warmup:PSFTWarmup.__init__": "warmup",
     "psft_lightning.resume:_newest_last": "last",
+    "psft_lightning.rl.settings:TaskSettings.__post_init__": "grpo",
+    "psft_lightning.rl.settings:GRPOSettings.__post_init__": "grpo",
+    "psft_lightning.rl.settings:DPOSettings.__post_init__": "dpo",
+    "psft_lightning.rl.model_dir:check_model_dir": "grpo",
+    "psft_lightning.rl.requirements:require_trl": "grpo",
+    "psft_lightning.rl.prompts:load_prompts": "dpo",
+    "psft_lightning.rl.grpo:run_grpo": "grpo",
+    "psft_lightning.rl.dpo:run_dpo": "dpo",
     "psft_lightning.sharding:decoder_layers": "fsdp",
 }
 
@@ -218,6 +231,8 @@ def files(tmp_path_factory) -> dict[str, str]:
         run_root = root / name
         assert exit_code([*fit_args(run_root, out), *extra]) == 0
         out[name] = str(run_root / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    out["exported"] = str(root / "exported")
+    assert exit_code(["export", out["checkpoint"], out["exported"]]) == 0
     return out
 
 
@@ -265,7 +280,7 @@ def test_raise_site_reaches_the_user_as_one_line(site, files, tmp_path, monkeypa
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PSFT_DATA_CACHE", str(tmp_path / "data_cache"))  # tokenise again: reach row sites
     route = [fill(arg, {**files, "out": str(tmp_path / "out")}) for arg in ROUTES[SITES[site]]]
-    args = route if route[:1] == ["export"] else [*fit_args(tmp_path, files), *route]
+    args = route if route[0] in STANDALONE else [*fit_args(tmp_path, files), *route]
     if SITES[site] == "last":
         assert exit_code(fit_args(tmp_path, files)) == 0  # a checkpoint for `last` to find
     capsys.readouterr()

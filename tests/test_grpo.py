@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 
 import pytest
 import torch
@@ -91,6 +92,14 @@ def test_a_model_dir_that_is_not_an_export_is_a_clear_cli_error(tmp_path, arithm
     settings = GRPOSettings(prompt_field="question", batch_size=64)
     with pytest.raises(DataError, match="fewer than batch_size 64"):
         run_grpo(tmp_path, arithmetic_files[0], tmp_path, settings)
+
+
+def test_a_missing_trl_says_what_to_install(monkeypatch):
+    from psft_lightning.rl.requirements import require_trl
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # what an uninstalled package imports as
+    with pytest.raises(ConfigError, match=r"install it with pip install 'psft-lightning\[rl\]'"):
+        require_trl()
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from psft_lightning.evaluation.isolation import isolated
 from psft_lightning.rl.model_dir import check_model_dir, load_exported
 from psft_lightning.rl.outputs import save_run, step_rows, step_timer
 from psft_lightning.rl.prompts import PromptRow, load_prompts, user_turn, uses_chat
+from psft_lightning.rl.requirements import require_trl
 from psft_lightning.rl.reward import response_answer
 from psft_lightning.rl.settings import DPOSettings
 
@@ -90,15 +91,13 @@ def train_dpo(
     model: nn.Module, reference: nn.Module, tokenizer, pairs: list[Pair], out_dir: Path, settings: DPOSettings
 ) -> list[dict]:
     """DPO on ``pairs``; the per-step log, with the model saved to ``out_dir/model``."""
-    from trl import DPOConfig, DPOTrainer
-
-    timer = step_timer()
+    trl, timer = require_trl(), step_timer()
     with tempfile.TemporaryDirectory(prefix="psft-dpo-") as scratch:
-        args = DPOConfig(**settings.trainer_kwargs(scratch), per_device_train_batch_size=settings.batch_size)
-        trainer = DPOTrainer(
+        kwargs = {**settings.trainer_kwargs(scratch), "per_device_train_batch_size": settings.batch_size}
+        trainer = trl.DPOTrainer(
             model=model,
             ref_model=reference,
-            args=args,
+            args=trl.DPOConfig(**kwargs),
             train_dataset=pair_dataset(pairs, uses_chat(tokenizer, settings)),
             processing_class=tokenizer,
             callbacks=[timer],
@@ -114,6 +113,7 @@ def run_dpo(model_dir: Path, train_file: Path, out_dir: Path, settings: DPOSetti
     pairs are written to ``out_dir/dpo_pairs.jsonl`` beside the log and the model."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_model_dir(model_dir)
+    require_trl()
     rows = load_prompts(Path(train_file), settings)[: settings.prompts]
     model, tokenizer = load_exported(model_dir)
     pairs = sample_pairs(model, tokenizer, rows, settings)

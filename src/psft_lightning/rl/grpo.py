@@ -14,6 +14,7 @@ from psft_lightning.errors import DataError
 from psft_lightning.rl.model_dir import check_model_dir, load_exported
 from psft_lightning.rl.outputs import save_run, step_rows, step_timer
 from psft_lightning.rl.prompts import PromptRow, load_prompts, user_turn, uses_chat
+from psft_lightning.rl.requirements import require_trl
 from psft_lightning.rl.reward import exact_match_reward
 from psft_lightning.rl.settings import GRPOSettings
 
@@ -41,9 +42,7 @@ def prompt_dataset(rows: list[PromptRow], chat: bool):
 
 def grpo_config(settings: GRPOSettings, output_dir: str):
     """One generation round per optimizer step: ``batch_size`` prompts x ``num_generations`` samples."""
-    from trl import GRPOConfig
-
-    return GRPOConfig(
+    return require_trl().GRPOConfig(
         **settings.trainer_kwargs(output_dir),
         per_device_train_batch_size=settings.batch_size * settings.num_generations,
         num_generations=settings.num_generations,
@@ -63,12 +62,11 @@ def run_grpo(model_dir: Path, train_file: Path, out_dir: Path, settings: GRPOSet
         raise DataError(
             f"{train_file}: {len(rows)} prompts, fewer than batch_size {settings.batch_size} prompts per step"
         )
-    from trl import GRPOTrainer
-
+    trl = require_trl()
     model, tokenizer = load_exported(model_dir)
     timer = step_timer()
     with tempfile.TemporaryDirectory(prefix="psft-grpo-") as scratch:
-        trainer = GRPOTrainer(
+        trainer = trl.GRPOTrainer(
             model=model,
             reward_funcs=exact_match_reward(settings.answer_pattern),
             args=grpo_config(settings, scratch),

@@ -1,4 +1,4 @@
-"""Prompt rows for GRPO: a question and its gold answer, read with the file and line of each row."""
+"""Prompt rows for GRPO and DPO: a question and its gold answer, read with the file and line of each row."""
 
 from __future__ import annotations
 
