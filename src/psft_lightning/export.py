@@ -143,7 +143,7 @@ def _forget_gguf(model: nn.Module) -> None:
         del model.config.quantization_config
 
 
-def _write_model(model: nn.Module, tokenizer, directory: Path) -> None:
+def write_model(model: nn.Module, tokenizer, directory: Path) -> None:
     _forget_gguf(model)
     model.config.use_cache = True
     generation = model.generation_config
@@ -177,7 +177,7 @@ def export_checkpoint(
         if adapter_only:
             wrapper.save_pretrained(tmp)
         else:
-            _write_model(wrapper.merge_and_unload() if wrapper is not None else policy, tokenizer, tmp)
+            write_model(wrapper.merge_and_unload() if wrapper is not None else policy, tokenizer, tmp)
         tokenizer.save_pretrained(tmp)
         replace_path(tmp, out_dir)
     finally:

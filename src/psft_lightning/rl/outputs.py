@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from psft_lightning.export import _write_model
+from psft_lightning.export import write_model
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def save_run(model: nn.Module, tokenizer, out_dir: Path, rows: list[dict], log_n
     if bad:
         log.warning("steps %s logged a non-finite value (see %s)", bad, out_dir / log_name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_model(model, tokenizer, out_dir / MODEL_DIR)
+    write_model(model, tokenizer, out_dir / MODEL_DIR)
     tokenizer.save_pretrained(out_dir / MODEL_DIR)
     with open(out_dir / log_name, "w") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in rows)
