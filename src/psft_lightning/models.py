@@ -192,28 +192,31 @@ def uses_plain_head(model: nn.Module) -> bool:
 
 
 PACKING_ATTENTION = ("eager", "sdpa", "flex_attention")
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
-def check_packed_attention(model: nn.Module) -> None:
+def check_packed_attention(model: nn.Module, packing: bool | str = True) -> None:
     """Refuse an attention implementation that would let packed examples attend to each other.
 
     transformers (5.x) builds a per-example causal mask from ``position_ids`` when the attention
-    mask is None and no cache is used; eager, sdpa and flex_attention honour it (tested on CPU).
-    The flash-attention kernels find packed examples from ``position_ids`` only when the batch has a
-    single row, and packing makes several rows, so they would attend across examples.
+    mask is None and no cache is used; eager, sdpa and flex_attention honour it (tested on CPU) in
+    any layout. The flash-attention kernels find packed examples from ``position_ids`` only when the
+    batch has a single row: the ``padding_free`` layout, not ``packing: true``'s several rows.
     """
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
-    if impl in PACKING_ATTENTION:
+    if impl in PACKING_ATTENTION or (packing == "padding_free" and impl in VARLEN_ATTENTION):
         return
-    why = (
-        "it finds packed examples from position_ids only in a batch of one row, and packed batches have "
-        "several rows"
-        if impl.startswith("flash")
-        else "it does not build per-example masks from position_ids"
-    )
+    if impl in VARLEN_ATTENTION:
+        raise ConfigError(
+            f"data.packing: true makes packed batches of several rows, and the model's attention "
+            f"implementation {impl!r} finds packed examples from position_ids only in a batch of one row, "
+            "so they would attend to each other. Set data.packing: padding_free (one row per micro-batch, "
+            "what its varlen kernels read), or data.packing: false."
+        )
     raise ConfigError(
-        f"data.packing is on but the model's attention implementation {impl!r} would let packed examples "
-        f"attend to each other ({why}). Set model.attn_implementation to one of "
-        f"{', '.join(PACKING_ATTENTION)}, or set data.packing: false (data.bucketing: true is the "
-        "padding-saving alternative)."
+        f"data.packing: {str(packing).lower()} is on but the model's attention implementation {impl!r} "
+        "would let packed examples attend to each other (it does not build per-example masks from "
+        f"position_ids). Set model.attn_implementation to one of {', '.join(PACKING_ATTENTION)} "
+        f"(or, with data.packing: padding_free, {' or '.join(VARLEN_ATTENTION)}), or set "
+        "data.packing: false (data.bucketing: true is the padding-saving alternative)."
     )

@@ -128,8 +128,9 @@ class PSFTModule(L.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
-        if getattr(self.trainer.datamodule, "packing", False):
-            check_packed_attention(self.policy)
+        packing = getattr(self.trainer.datamodule, "packing", False)
+        if packing:
+            check_packed_attention(self.policy, packing)
 
     def configure_callbacks(self):
         return default_callbacks(self.trainer, self.objective.needs().old_policy)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from psft_lightning.data.collate import collate, collate_packed
+from psft_lightning.data.collate import Packing, collate_for
 from psft_lightning.data.formats import Example
 from psft_lightning.data.table import lengths_and_loss_tokens
 from psft_lightning.errors import ConfigError, DataError
@@ -103,8 +103,9 @@ class StepBatches:
 
     ``current_step`` returns the trainer's optimizer step when iteration starts; the loader skips
     the micro-batches of the steps already taken (also across epochs), so resume is exact.
-    ``packing`` lays each micro-batch's examples end to end in rows of <= ``pack_length`` tokens
-    (the micro-batch keeps its examples, so ``step_loss_tokens`` and resume do not change);
+    ``packing`` lays each micro-batch's examples end to end in rows of <= ``pack_length`` tokens, or
+    (``padding_free``) in one row (the micro-batch keeps its examples, so ``step_loss_tokens`` and
+    resume do not change);
     ``bucketing`` puts examples of similar length in the same micro-batch (see ``plan_epoch``).
     Lengths and loss-token counts come from an ``ExampleTable``'s columns; examples are read only
     when their micro-batch is collated.
@@ -119,7 +120,7 @@ class StepBatches:
         shuffle: bool = True,
         rank: int = 0,
         current_step: Callable[[], int] = lambda: 0,
-        packing: bool = False,
+        packing: Packing = False,
         pack_length: int | None = None,
         bucketing: bool = False,
     ) -> None:
@@ -152,10 +153,7 @@ class StepBatches:
         return self._plans[epoch]
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        examples = [self.examples[i] for i in indices]
-        if self.packing:
-            return collate_packed(examples, self.pad_id, self.pack_length)
-        return collate(examples, self.pad_id)
+        return collate_for(self.packing, [self.examples[i] for i in indices], self.pad_id, self.pack_length)
 
     def step_micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
         """This rank's micro-batches of optimizer step ``step`` (counted across epochs), as the loader

@@ -1,19 +1,28 @@
-"""Examples -> a micro-batch tensor dict, padded (one example per row) or packed (several per row).
+"""Examples -> a micro-batch tensor dict: padded (one example per row), packed (several per row) or
+padding-free (all in one row).
 
 Padded: right-pad to the longest example; padding carries label -100 and attention mask 0.
 Packed: examples are laid end to end in rows of at most ``pack_length`` tokens, with ``position_ids``
 restarting at 0 for each example and no attention mask, so transformers' attention (eager, sdpa,
-flex) keeps examples apart (see ``models.check_packed_attention``). Every example keeps its tokens
-and labels, so loss-token counts are exactly those of the padded batch.
+flex) keeps examples apart (see ``models.check_packed_attention``).
+Padding-free (TRL's ``padding_free``): the packed layout with a single row and no padding at all, the
+one the flash-attention varlen kernels read (they find examples from ``position_ids`` only in a batch
+of one row). Every layout keeps each example's tokens and labels, so loss-token counts are exactly
+those of the padded batch.
 """
 
 from __future__ import annotations
 
 import bisect
+from typing import Literal
 
 import torch
 
 from psft_lightning.data.formats import IGNORE_INDEX, Example
+
+PADDING_FREE = "padding_free"
+Packing = bool | Literal["padding_free"]
+"""``data.packing``: False (padded), True (packed rows of ``pack_length``) or ``padding_free`` (one row)."""
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -102,3 +111,20 @@ def collate_packed(examples: list[Example], pad_id: int, pack_length: int) -> di
         "position_ids": position_ids,
         "num_input_tokens": torch.tensor(real),
     }
+
+
+def collate_padding_free(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """All examples end to end in one row (no padding, no attention mask): a packed row as long as
+    the micro-batch, so it follows ``collate_packed``'s rules exactly."""
+    return collate_packed(examples, pad_id, sum(len(e.input_ids) for e in examples))
+
+
+def collate_for(
+    packing: Packing, examples: list[Example], pad_id: int, pack_length: int
+) -> dict[str, torch.Tensor]:
+    """The micro-batch of ``examples`` in the layout ``packing`` names."""
+    if packing == PADDING_FREE:
+        return collate_padding_free(examples, pad_id)
+    if packing:
+        return collate_packed(examples, pad_id, pack_length)
+    return collate(examples, pad_id)

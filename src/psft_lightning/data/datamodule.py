@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from psft_lightning.data.batching import StepBatches, StepShape, check_step_fits, check_val_interval
 from psft_lightning.data.cache import cached_examples, default_cache_dir
-from psft_lightning.data.collate import collate
+from psft_lightning.data.collate import PADDING_FREE, Packing, collate
 from psft_lightning.data.formats import IGNORE_INDEX, Fields, Format, check_format
 from psft_lightning.data.hub import is_hub, parse_hub
 from psft_lightning.data.lengths import Overlong, OverlongReport, SkipReport, length_warnings
@@ -46,10 +46,12 @@ class PSFTDataModule(L.LightningDataModule):
         val_batch_size: validation batch size (defaults to ``batch_size``).
         max_val_examples: cap on validation examples (first N after the seeded split), 0 for all.
         seed: shuffling and split seed.
-        packing: lay each micro-batch's examples end to end in rows of <= ``pack_length`` tokens
-            (position ids restart per example, no padding between them); needs an attention
-            implementation that keeps packed examples apart (eager, sdpa, flex_attention).
-        pack_length: tokens per packed row (defaults to ``max_length``).
+        packing: ``true`` lays each micro-batch's examples end to end in rows of <= ``pack_length``
+            tokens (position ids restart per example, no padding between them), for eager, sdpa and
+            flex_attention; ``padding_free`` lays them all in one row with no padding at all (TRL's
+            ``padding_free``), the layout flash_attention_2/3 read too (their varlen kernels find the
+            examples from position ids only in a one-row batch).
+        pack_length: tokens per packed row of ``packing: true`` (defaults to ``max_length``).
         bucketing: put examples of similar length in the same micro-batch (less padding, no packing).
         cache_dir: where tokenised examples are kept (default ``$PSFT_DATA_CACHE``, else
             ``~/.cache/psft_lightning/data``); deleting it is always safe.
@@ -72,7 +74,7 @@ class PSFTDataModule(L.LightningDataModule):
         max_val_examples: int = 0,
         shuffle: bool = True,
         seed: int = 0,
-        packing: bool = False,
+        packing: Packing = False,
         pack_length: int | None = None,
         bucketing: bool = False,
         cache_dir: str | None = None,
@@ -98,6 +100,14 @@ class PSFTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if num_proc is not None and num_proc < 1:
             raise ConfigError(f"data.num_proc must be >= 1 (or null for one per CPU), got {num_proc}")
+        if packing not in (False, True, PADDING_FREE):
+            raise ConfigError(f"data.packing must be true, false or {PADDING_FREE}, got {packing!r}")
+        if packing == PADDING_FREE and pack_length is not None:
+            raise ConfigError(
+                f"data.pack_length ({pack_length}) sets the row length of data.packing: true; "
+                f"data.packing: {PADDING_FREE} puts each micro-batch in one row of its own length. "
+                "Drop data.pack_length or set data.packing: true."
+            )
         if pack_length is not None and pack_length < max_length:
             raise ConfigError(
                 f"data.pack_length ({pack_length}) must be >= data.max_length ({max_length}) so every "
