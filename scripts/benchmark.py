@@ -386,7 +386,7 @@ def run_ours(case: dict, spec: dict, args) -> list[dict]:
         result["first_step_s"] = t0
         result["flops_per_token"] = flops * step_forwards(variant)
         if args.profile and case["group"] == "objective" and variant == profiled(variants, args):
-            result["profile"] = profile(step)
+            result["profile"] = profile(step, args.device)
         results.append(result)
     return results
 
@@ -430,15 +430,16 @@ def profiled(variants: list[dict], args) -> dict:
     return next(v for v in variants if v["objective"] == "psft" and v["dtype"] == args.dtype)
 
 
-def profile(step) -> list[dict]:
+def profile(step, device: str) -> list[dict]:
     """One step under torch.profiler: the top ops by self CPU time (CUDA: by self device time)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with torch_profile(activities=activities) as prof:
+    cuda = device == "cuda"
+    with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         step()
-    sort = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        sync(device)
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort), reverse=True)
     total = sum(getattr(e, sort) for e in events) or 1.0
     return [
