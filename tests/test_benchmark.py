@@ -18,19 +18,50 @@ def load_benchmark():
 
 def test_smallest_benchmark_writes_ratios_and_verdicts(tmp_path):
     out, doc = tmp_path / "bench.json", tmp_path / "benchmarks.md"
-    load_benchmark().main(["--smallest", "--in-process", "--no-trl", "--out", str(out), "--doc", str(doc)])
+    argv = ["--smallest", "--in-process", "--no-trl", "--dtype", "bf16", "--out", str(out), "--doc", str(doc)]
+    load_benchmark().main(argv)
     report = json.loads(out.read_text())
-    expected = {"head_memory", "head_speed", "psft_vs_ce", "kl_vs_ce", "packed_vs_padded", "vocab_memory"}
-    assert set(report["ratios"]) == expected
+    checked = {"head_memory", "head_speed", "vocab_memory"}
+    unchecked = {"psft_vs_floor", "kl_vs_floor", "bf16_vs_fp32", "bf16_mfu", "packed_vs_padded"}
+    assert set(report["ratios"]) == checked | unchecked
     assert all(value > 0 for value in report["ratios"].values())
-    assert set(report["targets"]) == expected
+    assert set(report["targets"]) == checked and set(report["unchecked"]) == unchecked
     assert all(isinstance(v["met"], bool) for v in report["targets"].values())
-    assert len(report["results"]) == 9 and not any("error" in r["result"] for r in report["results"])
-    packed = next(r for r in report["results"] if r["case"]["variant"] == "packed")["result"]
-    padded = next(r for r in report["results"] if r["case"]["variant"] == "padded")["result"]
+    assert set(report["info"]) == {"psft_vs_ce", "kl_vs_ce", "ce_mfu"}
+    assert set(report["gemm_peak_flops"]) == {"fp32", "bf16"}
+    results = report["results"]
+    # 2 gemm, 2 head, 7 objective (5 bf16 + today's fp32 CE and PSFT), 2 packing, 2 vocab, 1 alone
+    assert len(results) == 16 and not any("error" in r["result"] for r in results)
+    packed = next(r for r in results if r["case"]["variant"] == "packed")["result"]
+    padded = next(r for r in results if r["case"]["variant"] == "padded")["result"]
     assert packed["tokens"] == padded["tokens"] and packed["positions"] < padded["positions"]
+    objective = {
+        (r["case"]["variant"], r["case"]["objective"], r["case"]["dtype"]): r["result"]
+        for r in results
+        if r["case"]["group"] == "objective"
+    }
+    ce, psft = objective[("ours", "ce", "bf16")], objective[("ours", "psft", "bf16")]
+    alone = objective[("forward", "psft", "bf16")]
+    assert report["ratios"]["psft_vs_floor"] == round(psft["step_s"] / (ce["step_s"] + alone["step_s"]), 4)
+    # MFU: FLOPs per token of a PSFT step are 4/3 of a CE step's, a forward alone's 1/3
+    assert psft["flops_per_token"] == 4 / 3 * ce["flops_per_token"] == 4 * alone["flops_per_token"]
+    peak = report["gemm_peak_flops"]["bf16"]
+    assert psft["mfu"] == psft["flops_per_token"] * psft["tokens_per_s"] / peak
+    assert [op["share"] for op in psft["profile"]] == sorted(
+        (op["share"] for op in psft["profile"]), reverse=True
+    )
     text = doc.read_text()
-    assert "| target | value | goal | met |" in text and "packed / padded" in text
+    assert "| target | value | goal | met |" in text and "not checked: tiny model" in text
+    assert "## GEMM peak" in text and "## Profile: one psft step, bf16" in text
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
+    import pytest
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--device cuda, but torch sees no CUDA device"):
+        load_benchmark().main(["--device", "cuda", "--dtype", "bf16", "--quick"])
 
 
 def test_data_case_measures_both_paths_on_the_same_tokens(tmp_path):

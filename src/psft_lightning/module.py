@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from psft_lightning.callbacks.defaults import default_callbacks
+from psft_lightning.compiled import compile_layers
 from psft_lightning.errors import ConfigError
 from psft_lightning.lora import LoraSettings, lora_settings, settings_dict
 from psft_lightning.metrics import StepMetrics, ValidationMetrics, grad_norm, log_validation
@@ -18,7 +19,7 @@ from psft_lightning.ops import TokenStats
 from psft_lightning.policies import Mode, OldPolicyModel, PolicySettings, build_old_policy, build_twins
 from psft_lightning.policies.twins import check_strategy, drop_reference, keep_reference
 from psft_lightning.run_state import RunState
-from psft_lightning.schedule import Schedule, adamw, lr_schedule
+from psft_lightning.schedule import AdamWImpl, Schedule, adamw, lr_schedule
 from psft_lightning.sharding import FsdpDtype, is_sharded
 from psft_lightning.step import token_logprobs, token_stats, train_micro_batch
 from psft_lightning.step.stats import NO_NEEDS
@@ -33,6 +34,10 @@ class PSFTModule(L.LightningModule):
         objective: a registered name (``ce``, ``kl``, ``psft``, ``psft_warmup``, or an entry-point
             plugin) or an Objective given by ``class_path``/``init_args``.
         lr, weight_decay, betas, eps: AdamW settings (no decay on norms and biases).
+        adamw: torch's AdamW kernel. ``fused`` (default) updates each parameter group in one kernel,
+            about 6x faster than ``for-loop`` (torch's own CPU default) over SmolLM2-135M on this CPU; its
+            fp32 results differ from the other two in the last bit (fused multiply-adds). ``foreach``
+            gives the ``for-loop`` numbers exactly.
         warmup_steps, schedule, min_lr_ratio: linear warm-up, then cosine/linear decay or constant.
         gradient_checkpointing: recompute decoder layers in backward to save activation memory.
         chunk_size: tokens per chunk of the LM-head math (memory O(chunk_size x vocab)); None sizes
@@ -40,6 +45,9 @@ class PSFTModule(L.LightningModule):
         tiny_config: overrides of the tiny model's config (``model: tiny`` only).
         attn_implementation: transformers attention (``sdpa``, ``eager``, ``flex_attention``,
             ``flash_attention_2``...); None keeps the model's default.
+        compile: ``torch.compile`` each decoder layer (``compiled.compile_layers``; policy, reference
+            and pi_old): one graph shared by the layers, dynamic shapes. The first step pays the
+            compile (minutes on a small CPU); off by default since it did not pay back here.
         fsdp_param_dtype, fsdp_reduce_dtype: FSDP2 mixed precision under ModelParallelStrategy /
             FSDP2Strategy: the dtype layers compute in (sharded master weights stay as loaded) and
             the dtype gradients are reduce-scattered in. ``bf16`` / ``fp32`` is the usual pair.
@@ -65,12 +73,16 @@ class PSFTModule(L.LightningModule):
         fsdp_param_dtype: FsdpDtype = "fp32",
         fsdp_reduce_dtype: FsdpDtype = "fp32",
         lora: LoraSettings | None = None,
+        adamw: AdamWImpl = "fused",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ConfigError(f"model.lr must be > 0, got {lr}")
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"model.chunk_size must be >= 1, got {chunk_size}")
+        if adamw not in ("fused", "foreach", "for-loop"):
+            raise ConfigError(f"model.adamw must be fused, foreach or for-loop, got {adamw!r}")
         self.objective = build_objective(objective)
         self.save_hyperparameters(ignore=["objective"])
         self.hparams["objective_name"] = type(self.objective).name or type(self.objective).__qualname__
@@ -100,6 +112,10 @@ class PSFTModule(L.LightningModule):
         snapshot = needs.old_policy and self.old_policy_mode == "snapshot"
         twins = build_twins(self.settings, self.device_mesh, needs.reference, snapshot)
         self.policy, self.reference, self.old_policy = twins.policy, twins.reference, twins.old_policy
+        if self.hparams.compile:
+            for model in (self.policy, self.reference, self.old_policy):
+                if model is not None:
+                    compile_layers(model)
 
     def hold_old_policy(self, mode: Mode) -> OldPolicyModel:
         """pi_old held as ``mode`` says (the OldPolicy callback's), starting from the current policy."""
@@ -193,7 +209,7 @@ class PSFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = adamw(self.policy, hp.lr, hp.weight_decay, hp.betas, hp.eps)
+        optimizer = adamw(self.policy, hp.lr, hp.weight_decay, hp.betas, hp.eps, hp.adamw)
         self.run_state.schedule_total = total = int(self.trainer.estimated_stepping_batches)
         scheduler = lr_schedule(optimizer, hp.warmup_steps, total, hp.schedule, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -13,6 +13,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 Schedule = Literal["cosine", "linear", "constant"]
+AdamWImpl = Literal["fused", "foreach", "for-loop"]
 
 
 def lr_factor(
@@ -32,14 +33,24 @@ def lr_factor(
     return min_lr_ratio + (1.0 - min_lr_ratio) * decay
 
 
-def adamw(policy: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float):
-    """AdamW over the trainable parameters; no weight decay on norms and biases."""
+def adamw(
+    policy: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    implementation: AdamWImpl = "fused",
+):
+    """AdamW over the trainable parameters; no weight decay on norms and biases. ``implementation`` is
+    torch's kernel choice: ``fused`` (one kernel per parameter group, CPU and CUDA), ``foreach``
+    (batched tensor ops) or ``for-loop`` (one parameter at a time, torch's CPU default)."""
     decay, no_decay = [], []
     for name, param in policy.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **kernel[implementation])
 
 
 def follow_new_horizon(scheduler, total: int, saved_total: int, schedule: Schedule, warn: bool) -> None:
