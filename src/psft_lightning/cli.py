@@ -190,6 +190,7 @@ COMMANDS = {
     "objectives": "list every objective, plugins included, with its hyper-parameters",
     "study": "the reproduction study of the PSFT paper's claims, with its results page",
     "plot": "draw TensorBoard runs as PNG comparison plots",
+    "eval": "score a checkpoint or model with lm-eval: psft eval CHECKPOINT_OR_DIR --tasks psft",
 }
 DESCRIPTION = (
     "Fine-tune a causal LM with SFT (ce), SFT-KL (kl), PSFT (psft), PSFT with warm-up (psft_warmup) or "
@@ -224,6 +225,10 @@ def main(args: list[str] | None = None) -> None:
             from psft_lightning.study.reproduce import main as study_main
 
             study_main(argv[1:])
+        elif argv[:1] == ["eval"]:
+            from psft_lightning.harness import eval_main
+
+            eval_main(argv[1:])
         elif argv[:1] == ["plot"]:
             from psft_lightning.study.plots import main as plot_main
 
