@@ -85,3 +85,10 @@ def test_psft_eval_scores_a_checkpoint_and_its_export_as_the_trained_module(tmp_
         written = json.loads(out.read_text())
         assert written["results"] == direct["results"]
         torch.testing.assert_close(logliks(written), logliks(direct), rtol=1e-5, atol=1e-5)
+
+
+def test_a_missing_probe_file_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "tiny", "--tasks", "psft_general_knowledge", "--ood-dir", str(tmp_path)])
+    assert stop.value.code == 2
+    assert f"psft: error: {tmp_path}/general_knowledge.jsonl: no such file" in capsys.readouterr().err

@@ -101,7 +101,6 @@ def evaluate(
             task_manager=manager,
             apply_chat_template=apply_chat_template,
             log_samples=log_samples,
-            bootstrap_iters=0,
         )
     except (ConnectionError, OSError) as err:
         remote = [t for t in tasks if t not in (*LOCAL_TASKS, "psft")]
