@@ -11,7 +11,8 @@ import torch
 from tiny_run import train_tiny
 
 from psft_lightning.cli import main
-from psft_lightning.evaluation import EvalConfig, mc_scores
+from psft_lightning.data.sources import read_rows
+from psft_lightning.evaluation import EvalConfig, accuracy, mc_scores, render_prompts
 from psft_lightning.evaluation.answers import ANSWER_PATTERN, extract_answer
 from psft_lightning.evaluation.ood import load_mc, mc_context, mc_example
 from psft_lightning.evaluation.probes import sequence_logprobs
@@ -68,6 +69,20 @@ def test_the_arithmetic_task_extracts_answers_as_the_built_in_scorer_does():
     filtered = list(RegexFilter(**settings).apply([[t] for t in texts], [{}] * len(texts)))
     assert [f[0] for f in filtered] == ["12", "-4", "[invalid]", "[invalid]"]
     assert [extract_answer(t) for t in texts] == [12, -4, None, None]
+
+
+def test_the_arithmetic_task_prompts_as_training_does_and_scores_as_the_built_in_accuracy(tiny):
+    module, tok = tiny
+    results = evaluate(
+        module.policy, tok, ["psft_arithmetic"], limit=2, apply_chat_template=True, log_samples=True
+    )
+    samples = sorted(results["samples"]["psft_arithmetic"], key=lambda s: s["doc_id"])
+    rows = [row for row, _ in read_rows(EvalConfig.eval_file)][:2]
+    prompts = [tok.decode(ids) for ids in render_prompts(tok, [row["question"] for row in rows])]
+    assert [s["arguments"][0][0] for s in samples] == prompts
+    texts = [s["resps"][0][0] for s in samples]
+    built_in = accuracy(texts, [row["final"] for row in rows])
+    assert results["results"]["psft_arithmetic"]["exact_match,last_answer"] == built_in
 
 
 def test_psft_eval_scores_a_checkpoint_and_its_export_as_the_trained_module(tmp_path, arithmetic_files):
