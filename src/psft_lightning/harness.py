@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 TASK_DIR = Path(__file__).parent / "evaluation" / "lm_eval_tasks"
 LOCAL_TASKS = ("psft_general_knowledge", "psft_arithmetic")
+LOCAL_NAMES = (*LOCAL_TASKS, "psft")  # the tasks and the tag they share
 
 
 def _lm_eval():
@@ -62,7 +63,7 @@ def task_manager(tasks: list[str], ood_dir: str, arithmetic_file: str):
     from lm_eval.tasks import TaskManager
 
     metadata = {"ood_dir": ood_dir, "arithmetic_file": arithmetic_file}
-    local = set(tasks) <= {*LOCAL_TASKS, "psft"}
+    local = set(tasks) <= set(LOCAL_NAMES)
     manager = TaskManager(include_path=str(TASK_DIR), include_defaults=not local, metadata=metadata)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
@@ -103,7 +104,9 @@ def evaluate(
             log_samples=log_samples,
         )
     except (ConnectionError, OSError) as err:
-        remote = [t for t in tasks if t not in (*LOCAL_TASKS, "psft")]
+        remote = [t for t in tasks if t not in LOCAL_NAMES]
+        if not remote:
+            raise
         raise ConfigError(
             f"lm-eval could not load the dataset of task(s) {remote}: they download it from the Hugging "
             f"Face hub, which this machine cannot reach ({type(err).__name__}). The bundled tasks "
