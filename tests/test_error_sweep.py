@@ -1,7 +1,7 @@
 """Every place that raises a ConfigError or DataError reaches the user as one ``psft: error:`` line
 with exit status 2, never as a traceback, whichever phase it runs in: while jsonargparse builds a
 plugin, callback or the data module (it wraps errors in its own ValueError), in a Lightning hook, in a
-callback, on resume, in ``psft export`` or in the evaluation suite.
+callback, on resume, in ``psft export``, in ``psft eval`` or in the evaluation suite.
 
 The sites are found in the source (AST), so a new raise site without a route here fails the test. Each
 case replaces the function that holds the site with one that raises a ConfigError naming it, then runs
@@ -86,6 +86,7 @@ ROUTES = {
     ],
     "export": ["export", "{checkpoint}", "{out}"],
     "export_sharded": ["export", "{sharded_checkpoint}", "{out}"],
+    "lm_eval": ["eval", "{checkpoint}", "--tasks", "psft_general_knowledge", "--limit", "1"],
 }
 
 SITES = {
@@ -132,6 +133,10 @@ SITES = {
     "psft_lightning.export:rebuild_policy": "export",
     "psft_lightning.export:_prepare_out_dir": "export",
     "psft_lightning.export:export_checkpoint": "export",
+    "psft_lightning.harness:_lm_eval": "lm_eval",
+    "psft_lightning.harness:task_manager": "lm_eval",
+    "psft_lightning.harness:evaluate": "lm_eval",
+    "psft_lightning.harness:eval_main": "lm_eval",
     "psft_lightning.lora:LoraSettings.__post_init__": "lora",
     "psft_lightning.lora:lora_settings": "lora",
     "psft_lightning.lora:_import_peft": "lora",
@@ -265,7 +270,7 @@ def test_raise_site_reaches_the_user_as_one_line(site, files, tmp_path, monkeypa
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PSFT_DATA_CACHE", str(tmp_path / "data_cache"))  # tokenise again: reach row sites
     route = [fill(arg, {**files, "out": str(tmp_path / "out")}) for arg in ROUTES[SITES[site]]]
-    args = route if route[:1] == ["export"] else [*fit_args(tmp_path, files), *route]
+    args = route if route[:1] in (["export"], ["eval"]) else [*fit_args(tmp_path, files), *route]
     if SITES[site] == "last":
         assert exit_code(fit_args(tmp_path, files)) == 0  # a checkpoint for `last` to find
     capsys.readouterr()
