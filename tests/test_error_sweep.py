@@ -1,7 +1,7 @@
 """Every place that raises a ConfigError or DataError reaches the user as one ``psft: error:`` line
 with exit status 2, never as a traceback, whichever phase it runs in: while jsonargparse builds a
 plugin, callback or the data module (it wraps errors in its own ValueError), in a Lightning hook, in a
-callback, on resume, in ``psft export``, ``psft grpo``/``psft dpo`` or in the evaluation suite.
+callback, on resume, in ``psft export``, ``psft grpo``/``psft dpo``, ``psft eval`` or in the evaluation suite.
 
 The sites are found in the source (AST), so a new raise site without a route here fails the test. Each
 case replaces the function that holds the site with one that raises a ConfigError naming it, then runs
@@ -89,9 +89,10 @@ ROUTES = {
     "export_sharded": ["export", "{sharded_checkpoint}", "{out}"],
     "grpo": ["grpo", *RL_ARGS],
     "dpo": ["dpo", *RL_ARGS],
+    "lm_eval": ["eval", "{checkpoint}", "--tasks", "psft_general_knowledge", "--limit", "1"],
 }
 # subcommands that take no fit arguments
-STANDALONE = ("export", "grpo", "dpo")
+STANDALONE = ("export", "grpo", "dpo", "eval")
 
 SITES = {
     "psft_lightning.callbacks.old_policy:OldPolicy.__init__": "fit",
@@ -137,6 +138,10 @@ SITES = {
     "psft_lightning.export:rebuild_policy": "export",
     "psft_lightning.export:_prepare_out_dir": "export",
     "psft_lightning.export:export_checkpoint": "export",
+    "psft_lightning.harness:_lm_eval": "lm_eval",
+    "psft_lightning.harness:task_manager": "lm_eval",
+    "psft_lightning.harness:evaluate": "lm_eval",
+    "psft_lightning.harness:eval_main": "lm_eval",
     "psft_lightning.lora:LoraSettings.__post_init__": "lora",
     "psft_lightning.lora:lora_settings": "lora",
     "psft_lightning.lora:_import_peft": "lora",

@@ -111,4 +111,4 @@ def test_psft_help_lists_every_subcommand(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     usage = capsys.readouterr().out.splitlines()[0]
-    assert usage == "usage: psft {fit,validate,export,objectives,study,plot,grpo,dpo} ..."
+    assert usage == "usage: psft {fit,validate,export,objectives,study,plot,grpo,dpo,eval} ..."

@@ -204,6 +204,7 @@ COMMANDS = {
     "plot": "draw TensorBoard runs as PNG comparison plots",
     "grpo": "GRPO (TRL) with an exact-match reward on an exported model: psft grpo --model DIR ...",
     "dpo": "DPO (TRL) on pairs of a model's own correct/incorrect samples: psft dpo --model DIR ...",
+    "eval": "score a checkpoint or model with lm-eval: psft eval CHECKPOINT_OR_DIR --tasks psft",
 }
 DESCRIPTION = (
     "Fine-tune a causal LM with SFT (ce), SFT-KL (kl), PSFT (psft), PSFT with warm-up (psft_warmup) or "
@@ -238,6 +239,10 @@ def main(args: list[str] | None = None) -> None:
             from psft_lightning.study.reproduce import main as study_main
 
             study_main(argv[1:])
+        elif argv[:1] == ["eval"]:
+            from psft_lightning.harness import eval_main
+
+            eval_main(argv[1:])
         elif argv[:1] == ["plot"]:
             from psft_lightning.study.plots import main as plot_main
 
