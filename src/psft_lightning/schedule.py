@@ -50,7 +50,12 @@ def adamw(
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **kernel[implementation])
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **kernel[implementation])
+    # The fused kernel can also unscale fp16 GradScaler gradients itself, and Lightning's mixed-precision
+    # plugin then refuses gradient clipping (also under bf16-mixed, which has no scaler). Without the flag
+    # a GradScaler unscales before the step, as for any optimizer, so clipping works in every precision.
+    optimizer._step_supports_amp_scaling = False
+    return optimizer
 
 
 def follow_new_horizon(scheduler, total: int, saved_total: int, schedule: Schedule, warn: bool) -> None:
