@@ -285,7 +285,7 @@ def test_raise_site_reaches_the_user_as_one_line(site, files, tmp_path, monkeypa
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PSFT_DATA_CACHE", str(tmp_path / "data_cache"))  # tokenise again: reach row sites
     route = [fill(arg, {**files, "out": str(tmp_path / "out")}) for arg in ROUTES[SITES[site]]]
-    args = route if route[0] in STANDALONE else [*fit_args(tmp_path, files), *route]
+    args = route if route[:1] and route[0] in STANDALONE else [*fit_args(tmp_path, files), *route]
     if SITES[site] == "last":
         assert exit_code(fit_args(tmp_path, files)) == 0  # a checkpoint for `last` to find
     capsys.readouterr()
