@@ -90,7 +90,9 @@ def budget_rows() -> list[str]:
         lines.append(
             f"| `{name}` | {b.train_rows} x {b.epochs} | {b.batch_size} | {grid} | "
             f"{', '.join(map(str, b.seeds))} ({', '.join(LABELS[o] for o in b.rerun) or 'none'}) | "
-            f"{b.scoring['num_dev']} / {b.scoring['num_test']} | {b.runs()} | {minutes(b.estimate())} |"
+            f"{b.scoring['num_dev']} / {b.scoring['num_test']}"
+            + (f" (peers {b.peer_scoring['num_test']})" if "num_test" in b.peer_scoring else "")
+            + f" | {b.runs()} | {minutes(b.estimate())} |"
         )
     return lines
 
@@ -118,13 +120,22 @@ def write_results(path: Path, record: dict, budget: Budget, command: str, root: 
         f"- Selection (as the paper): each lr of the grid is trained at seed {seeds[0]}; after every epoch "
         f"greedy accuracy on {budget.scoring['num_dev']} questions of `{shown(task['dev_file'], root)}` is "
         "measured; each run keeps its best epoch (ties: the earlier), each objective its best lr (ties: the "
-        "first of the grid). Objectives outside the grid train at their config's lr.",
+        "first of the grid). Objectives outside the grid train at "
+        + (f"lr {budget.lr:g}." if budget.lr else "their config's lr."),
         f"- Claims: measured once, at the selected checkpoint, on {budget.scoring['num_test']} questions of "
         f"`{shown(task['test_file'], root)}` (greedy; avg@{k}: {k} samples at temperature 1 on the first "
         f"{budget.scoring.get('num_sampled') or budget.scoring['num_test']}); answers read with "
         f"`{task['answer_pattern']}` against the `{task['final_field']}` field. Seeds "
         f"{', '.join(map(str, seeds[1:])) or '(none)'} re-run "
         f"{', '.join(LABELS[o] for o in budget.rerun) or 'nothing'} at the selected lr.",
+        *(
+            [
+                f"- Peers (objectives outside the grid) are scored on the first "
+                f"{budget.scoring_of('dft')['num_test']} test questions, and paired against SFT on those."
+            ]
+            if budget.peer_scoring
+            else []
+        ),
         "- Entropy, MC, drift and IF come from `GenerationEval` at the selected checkpoint: probe entropy on "
         "dev reference answers, lm-eval-style multiple choice, NLL of the base model's own answers (lower = "
         "less drift), prompt-level strict instruction following.",
