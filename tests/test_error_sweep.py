@@ -84,6 +84,12 @@ ROUTES = {
         "--trainer.callbacks.config.max_new_tokens=2",
         "--trainer.callbacks.config.if_max_new_tokens=2",
     ],
+    "select": [
+        "--trainer.callbacks+=psft_lightning.study.selection.SelectCheckpoint",
+        "--trainer.callbacks.task={dev_file: {val}, test_file: {val}}",
+        "--trainer.callbacks.scoring={num_dev: 1, num_test: 1, k: 1, max_new_tokens: 2}",
+        "--trainer.callbacks.out_file={out}/select.json",
+    ],
     "export": ["export", "{checkpoint}", "{out}"],
     "export_sharded": ["export", "{sharded_checkpoint}", "{out}"],
 }
@@ -159,6 +165,9 @@ SITES = {
     "psft_lightning.objectives.psft_warmup:PSFTWarmup.__init__": "warmup",
     "psft_lightning.resume:_newest_last": "last",
     "psft_lightning.sharding:decoder_layers": "fsdp",
+    "psft_lightning.study.selection:Task.compiled": "select",
+    "psft_lightning.study.selection:Task.questions": "select",
+    "psft_lightning.study.selection:SelectCheckpoint.on_fit_end": "select",
 }
 
 
