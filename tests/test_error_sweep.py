@@ -167,7 +167,7 @@ SITES = {
     "psft_lightning.sharding:decoder_layers": "fsdp",
     "psft_lightning.study.selection:Task.compiled": "select",
     "psft_lightning.study.selection:Task.questions": "select",
-    "psft_lightning.study.selection:SelectCheckpoint.on_fit_end": "select",
+    "psft_lightning.study.selection:SelectCheckpoint.on_train_end": "select",
 }
 
 

@@ -2,8 +2,8 @@
 and measure the test split once, on that model only.
 
 ``SelectCheckpoint`` keeps the best-on-dev weights in memory (no checkpoint files) and puts them back
-into the policy at fit end, before the callbacks after it (``GenerationEval``'s final OOD sets) run,
-so every number of a run describes its selected checkpoint.
+into the policy at train end, before any callback's fit end (``GenerationEval``'s final OOD sets), so
+every number of a run describes its selected checkpoint.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Scoring:
 
 
 class SelectCheckpoint(L.Callback):
-    """Greedy dev accuracy after every epoch; at fit end the best epoch's weights are restored and
+    """Greedy dev accuracy after every epoch; at train end the best epoch's weights are restored and
     scored on test (greedy per question, and the share of ``k`` samples right per question); under
     ``psft validate`` the model as loaded is scored the same way. Writes everything to ``out_file``.
 
@@ -142,7 +142,8 @@ class SelectCheckpoint(L.Callback):
             weights = {k: v.detach().clone() for k, v in pl_module.policy.state_dict().items()}
             self.best = {**point, "weights": weights}
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # on_train_end runs before every callback's on_fit_end, where GenerationEval's final sets run
         if self.best is None:
             raise ConfigError("the study selects among epoch checkpoints: train at least one epoch")
         pl_module.policy.load_state_dict(self.best.pop("weights"))
