@@ -138,6 +138,10 @@ def run(
     last = evaluation.history[-1][0]
     metrics = {k: v for step, m in evaluation.history if step == last for k, v in m.items()}
     metrics.pop("perf/eval_seconds", None)
+    # GenerationEval skips a set already evaluated at a step: a periodic probe at the last step makes the
+    # final entropy the last weights'; the probe at the selected step is the selected checkpoint's
+    probes = {step: m["eval/entropy"] for step, m in evaluation.history if "eval/entropy" in m}
+    metrics["eval/entropy"] = probes.get(record["selected"]["step"], metrics.get("eval/entropy"))
     clipped = next((c for c in cli.trainer.callbacks if isinstance(c, ClippedTokens)), None)
     tables = clipped.tables if clipped is not None else {}
     record.update(
