@@ -3,8 +3,13 @@
 It exists so examples, tests and CPU smoke runs have a tiny, license-free, reproducible dataset.
 Each row has ``question``, a short ``answer`` (lines like ``12 + 7 = 19.``, last line exactly
 ``The answer is N.``, parseable with ``The answer is (-?\\d+)\\.``) and the integer ``final``.
+Splits: ``train`` (training), ``val`` (training-time validation loss in configs/), ``dev`` (the study
+picks each method's lr and checkpoint on it) and ``test`` (the study's claims are measured on it);
+no question appears in two splits. They are drawn in that order from one seeded stream, so adding
+``dev`` and ``test`` left ``train`` and ``val`` byte-identical.
 Stdlib only; the same arguments always produce byte-identical files. Run from the repo root:
-``python scripts/make_example_data.py [--seed 0] [--out data/arithmetic] [--train 1000] [--val 64]``
+``python scripts/make_example_data.py [--seed 0] [--out data/arithmetic] [--train 1000] [--val 64]
+[--dev 128] [--test 256]``
 """
 
 from __future__ import annotations
@@ -123,6 +128,7 @@ def earn(r: random.Random, p: Person, m: str, it: str) -> Problem:
     return q, [(wage, "*", hours), (wage * hours, "-", spent)]
 
 
+SPLITS = {"train": 1000, "val": 64, "dev": 128, "test": 256}  # default rows, in drawing order
 TEMPLATES = [one_step, buy_give, boxes_give, share, change, pages, three_step, split_bags, more_than, earn]
 
 
@@ -156,21 +162,21 @@ def generate(r: random.Random, count: int, seen: set[str]) -> list[dict[str, str
     return sorted(rows, key=lambda row: str(row["question"]))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Generate the arithmetic example dataset.")
     parser.add_argument("--seed", type=int, default=0, help="random.Random seed")
     parser.add_argument("--out", type=Path, default=Path("data/arithmetic"), help="output directory")
-    parser.add_argument("--train", type=int, default=1000, help="number of train rows")
-    parser.add_argument("--val", type=int, default=64, help="number of val rows")
-    args = parser.parse_args()
+    for split, count in SPLITS.items():
+        parser.add_argument(f"--{split}", type=int, default=count, help=f"number of {split} rows")
+    args = parser.parse_args(argv)
     r, seen = random.Random(args.seed), set[str]()
-    train = generate(r, args.train, seen)
-    val = generate(r, args.val, seen)  # shares `seen`: no val question duplicates a train question
+    # one shared `seen`: no question of a split repeats one of an earlier split
+    splits = {split: generate(r, getattr(args, split), seen) for split in SPLITS}
     args.out.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", train), ("val", val)):
+    for split, rows in splits.items():
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         (args.out / f"{split}.jsonl").write_text(text, encoding="utf-8", newline="\n")
-    print(f"wrote {len(train)} train and {len(val)} val rows to {args.out}")
+    print(f"wrote {', '.join(f'{len(rows)} {split}' for split, rows in splits.items())} rows to {args.out}")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,12 @@ ROUTES = {
         "--trainer.callbacks.config.max_new_tokens=2",
         "--trainer.callbacks.config.if_max_new_tokens=2",
     ],
+    "select": [
+        "--trainer.callbacks+=psft_lightning.study.selection.SelectCheckpoint",
+        "--trainer.callbacks.task={dev_file: {val}, test_file: {val}}",
+        "--trainer.callbacks.scoring={num_dev: 1, num_test: 1, k: 1, max_new_tokens: 2}",
+        "--trainer.callbacks.out_file={out}/select.json",
+    ],
     "export": ["export", "{checkpoint}", "{out}"],
     "export_sharded": ["export", "{sharded_checkpoint}", "{out}"],
     "grpo": ["grpo", *RL_ARGS],
@@ -177,6 +183,9 @@ SITES = {
     "psft_lightning.rl.grpo:run_grpo": "grpo",
     "psft_lightning.rl.dpo:run_dpo": "dpo",
     "psft_lightning.sharding:decoder_layers": "fsdp",
+    "psft_lightning.study.selection:Task.compiled": "select",
+    "psft_lightning.study.selection:Task.questions": "select",
+    "psft_lightning.study.selection:SelectCheckpoint.on_train_end": "select",
 }
 
 

@@ -1,16 +1,23 @@
-"""scripts/reproduce.py end to end on the tiny model (all four objectives, evaluation, plots, results
-page) and scripts/plot_runs.py on its event files."""
+"""``psft study`` end to end on the tiny model (every objective, the lr grid, selection on dev, test
+scoring, page and plots), its selection rule, a custom-format dataset, and scripts/plot_runs.py."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+from psft_lightning.errors import ConfigError, DataError
+from psft_lightning.study.budgets import BUDGETS, LABELS, OBJECTIVES
+from psft_lightning.study.runs import epoch_file, run
+from psft_lightning.study.selection import Task, correct
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
 
 
 def load_script(name: str):
@@ -23,22 +30,13 @@ def load_script(name: str):
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reproduce")
-    reproduce = load_script("reproduce")
-    page = reproduce.main(
-        [
-            "--budget",
-            "test",
-            "--model",
-            "tiny",
-            "--out",
-            str(out / "results.md"),
-            "--runs-dir",
-            str(out / "runs"),
-        ]
+def studied(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    page = load_script("reproduce").main(
+        ["--budget", "test", "--out", str(out / "results.md"), "--runs-dir", str(out / "runs")]
     )
-    return out, page.read_text(encoding="utf-8")
+    record = json.loads((out / "runs" / "results.json").read_text(encoding="utf-8"))
+    return out, page.read_text(encoding="utf-8"), record
 
 
 def table_row(page: str, label: str) -> list[str]:
@@ -46,43 +44,96 @@ def table_row(page: str, label: str) -> list[str]:
     return [cell.strip() for cell in row.strip("|").split("|")][1:]
 
 
-def test_reproduce_trains_all_four_objectives_and_writes_the_page_and_plots(reproduced):
-    out, page = reproduced
-    for label in ("base model", "SFT", "SFT-KL", "PSFT", "PSFT (warm-up)"):
-        cells = table_row(page, label)
-        assert len(cells) == 9 and all(re.fullmatch(r"-?\d+\.\d{3}", c) for c in cells), cells
-    verdicts = re.findall(r"^\| \((\d)\) .* \| (yes|no|inconclusive) \|", page, re.MULTILINE)
-    assert [n for n, _ in verdicts] == ["1", "2", "3", "4"]  # one computed verdict per claim
-    assert verdicts[1][1] == "inconclusive"  # the tiny model's accuracy sits at the floor
-    assert "arxiv.org/abs/2508.17784" in page
-    clipped = page[page.index("## Which tokens PSFT clips") : page.index("## Plots")]
-    for label in ("PSFT", "PSFT (warm-up)"):
-        assert re.search(rf"^{re.escape(label)}, step \d+:$", clipped, re.MULTILINE), label
-    assert clipped.count("| token | clipped | mean ratio |") + clipped.count("no token was clipped") == 2
-    for name in ("eval_entropy", "train_entropy", "train_loss", "eval_accuracy", "psft_clip_frac"):
-        png = out / "results" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    for objective in ("ce", "kl", "psft", "psft_warmup"):
-        assert (out / "runs" / "seed0" / f"{objective}.yaml").exists()
-
-
-def test_the_page_shows_the_numbers_the_runs_logged(reproduced):
-    out, page = reproduced
-    plot_runs = load_script("plot_runs")
-    runs = plot_runs.find_runs([str(out / "runs" / "seed0")])
-    assert sorted(runs) == ["base", "ce", "kl", "psft", "psft_warmup"]
-    psft = plot_runs.read_scalars(runs["psft"])
-    entropy_column = 3
-    assert table_row(page, "PSFT")[entropy_column] == f"{psft['eval/entropy'][-1][1]:.3f}"
-    assert [step for step, _ in psft["eval/entropy"]] == [0, 2, 4]
-    clip = dict(psft["psft/clip_frac"])
-    assert clip[3] == pytest.approx(
-        dict(psft["psft/clip_frac_low"])[3] + dict(psft["psft/clip_frac_high"])[3]
+def test_the_study_runs_every_objective_through_the_grid_and_writes_the_page_and_plots(studied):
+    out, page, record = studied
+    budget = BUDGETS["test"]
+    assert list(record["chosen"]) == list(OBJECTIVES)
+    for name in ("base", *OBJECTIVES):
+        cells = table_row(page, LABELS[name])
+        assert len(cells) == 10 and all(re.fullmatch(r"-?\d+\.\d{3}( ± \d+\.\d{3})?", c) for c in cells[3:9])
+    for name, runs in record["grid"].items():
+        assert [r["lr"] for r in runs] == list(budget.lrs.get(name, (budget.lr,)))
+        for r in runs:  # one dev checkpoint per epoch; the test split scored once, at the selected one
+            assert [c["epoch"] for c in r["checkpoints"]] == [1, 2]
+            assert r["selected"]["dev_accuracy"] == max(c["dev_accuracy"] for c in r["checkpoints"])
+            assert len(r["test_greedy"]) == len(r["test_avg_k"]) == budget.scoring_of(name)["num_test"]
+    assert [r["seed"] for r in record["chosen"]["ce"]] == [0, 1] and len(record["chosen"]["dft"]) == 1
+    assert (
+        len(record["chosen"]["psft"][0]["test_greedy"]) == 6
+        and len(record["chosen"]["dft"][0]["test_greedy"]) == 4
     )
+    assert re.search(r"^\| DFT \| [+-]\d\.\d{3} \[", page, re.MULTILINE)  # paired on the 4 questions both had
+    verdicts = re.findall(r"^\| \((\d)\) .* \| (yes|no|cannot decide) \|", page, re.MULTILINE)
+    assert [n for n, _ in verdicts] == ["1", "2", "3", "4"]
+    assert verdicts[1][1] == "cannot decide"  # the tiny model's accuracy sits at the floor
+    assert "| metric (the paper's) |" in page and "| IFEval | 73.94 | 54.42 |" in page
+    # the grid table lists both lrs; the main table only the selected one (ties keep the first)
+    assert page.count("| SFT | 0.001 |") == 2 and page.count("| PSFT | 0.003 |") == 1
+    assert re.search(r"^PSFT, step \d+:$", page, re.MULTILINE)
+    for name in ("train_entropy", "eval_entropy", "dev_accuracy", "train_loss", "psft_clip_frac"):
+        assert (out / "results" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_plot_runs_draws_selected_tags_of_any_run_folder(reproduced, tmp_path):
-    out, _ = reproduced
+def test_the_final_metrics_describe_the_selected_epoch_not_the_last(studied):
+    _, _, record = studied
+    plot_runs = load_script("plot_runs")
+    psft = record["chosen"]["psft"][0]
+    assert psft["selected"]["epoch"] == 1  # dev accuracy ties at 0: the earlier epoch is kept
+    scalars = plot_runs.read_scalars(psft["folder"])
+    entropy = dict(scalars["eval/entropy"])
+    selected_step = psft["selected"]["step"]
+    assert psft["metrics"]["eval/entropy"] == pytest.approx(entropy[selected_step], abs=1e-5)
+    assert abs(entropy[selected_step] - entropy[max(entropy) - 2]) > 1e-4  # training moved it after
+    assert [v for _, v in scalars["dev/accuracy"]] == [c["dev_accuracy"] for c in psft["checkpoints"]]
+
+
+def test_any_dataset_with_fields_and_an_answer_pattern(tmp_path):
+    rows = [
+        {
+            "problem": f"What is {a} plus {a}?",
+            "solution": f"{a} + {a} = {2 * a}\n#### {2 * a}",
+            "target": 2 * a,
+        }
+        for a in range(1, 21)
+    ]
+    for split, part in (("train", rows[:12]), ("dev", rows[12:16]), ("test", rows[16:])):
+        (tmp_path / f"{split}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in part), encoding="utf-8"
+        )
+    task = Task(
+        *(str(tmp_path / f"{s}.jsonl") for s in ("train", "dev", "test")),
+        prompt_field="problem",
+        completion_field="solution",
+        final_field="target",
+        answer_pattern=r"#### (\S+)",
+    )
+    assert correct("so #### 4 then #### 34", "34", task.compiled()) and not correct(
+        "34", "34", task.compiled()
+    )
+    assert task.questions(task.test_file, 2) == [("What is 17 plus 17?", "34"), ("What is 18 plus 18?", "36")]
+    epoch_file(task, BUDGETS["test"], tmp_path / "runs")
+    record = run("ce", 1e-3, BUDGETS["test"], task, "tiny", 0, tmp_path / "runs" / "seed0", ROOT)
+    assert len(record["test_greedy"]) == 4 and record["task"]["answer_pattern"] == r"#### (\S+)"
+    assert len(record["checkpoints"]) == 2
+    with pytest.raises(ConfigError, match="not a regex"):
+        Task(answer_pattern="(").compiled()
+    with pytest.raises(DataError, match="'question' and 'final'"):
+        Task().questions(str(task.test_file), 1)
+
+
+def test_the_budgets_fit_their_machines():
+    standard = BUDGETS["standard"]
+    assert standard.estimate() <= 50 * 60 and BUDGETS["smoke"].estimate() <= 20 * 60
+    assert standard.scoring["num_test"] >= 256 and len(standard.seeds) >= 2
+    for budget in BUDGETS.values():
+        assert len(budget.lrs["ce"]) >= 2 and len(budget.lrs["psft"]) >= 2
+    assert (
+        BUDGETS["test"].runs() == 9 + 2 + 2
+    )  # the grid adds one run each to SFT and PSFT; seed 1 re-runs both
+
+
+def test_plot_runs_draws_selected_tags_of_any_run_folder(studied, tmp_path):
+    out, _, _ = studied
     plot_runs = load_script("plot_runs")
     written = plot_runs.main(
         [str(out / "runs" / "seed0" / "*"), "--tags", "train/loss", "nope", "--out", str(tmp_path)]
@@ -92,15 +143,15 @@ def test_plot_runs_draws_selected_tags_of_any_run_folder(reproduced, tmp_path):
         plot_runs.main([str(tmp_path / "empty"), "--out", str(tmp_path)])
 
 
-def test_psft_study_and_plot_are_the_library_code_behind_the_scripts(reproduced, tmp_path, capsys):
+def test_psft_study_and_plot_are_the_library_code_behind_the_scripts(studied, tmp_path, capsys):
     from psft_lightning.cli import main
 
-    out, _ = reproduced
-    main(["plot", str(out / "runs" / "seed0" / "psft"), "--tags", "train/loss", "--out", str(tmp_path)])
+    out, _, record = studied
+    main(["plot", record["chosen"]["psft"][0]["folder"], "--tags", "train/loss", "--out", str(tmp_path)])
     assert capsys.readouterr().out.strip() == str(tmp_path / "train_loss.png")
     with pytest.raises(SystemExit) as done:
         main(["study", "--help"])
-    assert done.value.code == 0 and "--budget {full,smoke,test}" in capsys.readouterr().out
+    assert done.value.code == 0 and "--budget {full,smoke,standard,test}" in capsys.readouterr().out
     assert load_script("reproduce").main.__module__ == "reproduce"  # a wrapper: the study is in the package
     assert load_script("plot_runs").find_runs.__module__ == "psft_lightning.study.plots"
 

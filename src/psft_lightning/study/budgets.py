@@ -1,4 +1,4 @@
-"""The study's budgets: training and evaluation sizes, and the objectives it compares."""
+"""The study's budgets: data sizes, epochs, the lr grid, evaluation sizes, seeds, and what they cost."""
 
 from __future__ import annotations
 
@@ -7,67 +7,179 @@ from pathlib import Path
 
 from psft_lightning.evaluation import EvalConfig
 
-OBJECTIVES = {"ce": "sft.yaml", "kl": "sft_kl.yaml", "psft": "psft.yaml", "psft_warmup": "psft_warmup.yaml"}
-LABELS = {"base": "base model", "ce": "SFT", "kl": "SFT-KL", "psft": "PSFT", "psft_warmup": "PSFT (warm-up)"}
+OBJECTIVES = {
+    "ce": "sft.yaml",
+    "kl": "sft_kl.yaml",
+    "psft": "psft.yaml",
+    "psft_warmup": "psft_warmup.yaml",
+    "dft": "dft.yaml",
+    "asft": "asft.yaml",
+    "prob": "prob.yaml",
+    "gift": "gift.yaml",
+    "eaft": "eaft.yaml",
+}
+LABELS = {
+    "base": "base model",
+    "ce": "SFT",
+    "kl": "SFT-KL",
+    "psft": "PSFT",
+    "psft_warmup": "PSFT (warm-up)",
+    "dft": "DFT",
+    "asft": "ASFT",
+    "prob": "Prob",
+    "gift": "GIFT",
+    "eaft": "EAFT",
+}
 PAPER = "https://arxiv.org/abs/2508.17784"
+
+# Rates on this project's 2-core CPU machine, idle (SmolLM2-135M, fp32): the `smoke` study page before
+# this study (docs/results.md of 2026-12-01, load average 1.7-2.0) trained 32 steps of 8 x 128 packed
+# tokens in about 145 s (SFT) to 186 s (PSFT) beyond the base model's evaluation, and evaluated the
+# base model (about 60 answers of 48 new tokens in batches of 16, 48 MC questions, 16 drift and 12
+# probe rows, the model load) in 51 s. Timed again for this change on the shared machine (load average
+# about 10), a model load took 42-86 s and 4 answers of 8 tokens 37 s: contention, not the cost on
+# idle cores, so the idle rates are used. bf16-mixed speeds training up, if at all; it does not
+# change generation (the evaluation runs the fp32 weights).
+SECONDS_PER_TRAIN_TOKEN = 1 / 200
+SECONDS_PER_ANSWER = 0.5  # a greedy or sampled answer of up to 48 new tokens, batch 16
+SECONDS_PER_RUN = 20  # start-up and model load, the OOD sets and the entropy probe of one run
+TOKENS_PER_ROW = 90  # prompt with chat template (59) and answer (31) of an arithmetic row
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Training and evaluation sizes of one reproduction budget."""
+    """Sizes of one study budget.
 
-    steps: int
+    ``lrs`` is the grid tried at the first seed (an objective not named there trains at ``lr``, or at
+    its config's lr when that is None); every later seed re-runs the objectives in ``rerun`` at their
+    selected lr.
+    """
+
+    train_rows: int  # the first N training rows are one epoch
+    epochs: int  # a dev checkpoint at the end of each
     batch_size: int
     max_length: int
-    lr: float
     refresh_every: int  # OldPolicy snapshot interval (optimizer steps)
     ce_warmup: int  # CE steps of psft_warmup before PSFT
-    eval_every: int
-    periodic: tuple[str, ...]
-    eval: dict = field(default_factory=dict)  # EvalConfig overrides
-    seeds: tuple[int, ...] = (0,)
+    entropy_every: int  # interval of the probe-entropy curve (optimizer steps)
+    scoring: dict  # Scoring overrides: dev/test sizes, k
+    eval: dict  # EvalConfig overrides: the entropy probe and the OOD sets
+    lrs: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    lr: float | None = None
+    peer_scoring: dict = field(default_factory=dict)  # Scoring overrides of objectives outside ``lrs``
+    seeds: tuple[int, ...] = (0, 1)
+    rerun: tuple[str, ...] = ("ce", "psft")
+    precision: str = "bf16-mixed"
     model: str = "smollm2-135m-instruct"
-    train_file: str = "data/arithmetic/train.jsonl"
     expected: str = ""
 
+    def runs(self) -> int:
+        """Trained runs of the study (the base model's evaluation not counted)."""
+        grid = sum(len(self.lrs.get(name, (None,))) for name in OBJECTIVES)
+        return grid + len(self.rerun) * (len(self.seeds) - 1)
 
-# steps, batch_size, max_length, lr, refresh_every, ce_warmup, eval_every of each budget
-SIZES = {
-    "smoke": (32, 8, 128, 5e-5, 8, 8, 8),
-    "full": (125, 8, 256, 2e-5, 8, 16, 25),  # one epoch of the 1000 training rows
-    "test": (4, 2, 96, 1e-3, 2, 2, 2),  # the tiny random model: the pipeline end to end in seconds (tests)
-}
-SMOKE_EVAL = {"num_eval": 16, "k": 4, "num_sampled": 8, "max_new_tokens": 48, "num_probe": 12}
-TEST_EVAL = {"num_eval": 2, "k": 2, "max_new_tokens": 4, "num_probe": 2, "drift_max_new_tokens": 4}
+    def scoring_of(self, objective: str | None) -> dict:
+        """Scoring overrides of one objective (None: the base model, scored like the grid's)."""
+        peer = objective is not None and objective not in self.lrs
+        return {**self.scoring, **(self.peer_scoring if peer else {})}
+
+    def estimate(self) -> float | None:
+        """Seconds on 2 idle CPU cores by the rates above (None for the tiny model, whose cost they do
+        not describe): per run, the fixed cost, its test answers (greedy, and k samples on
+        ``num_sampled``), and for a trained run its training tokens and dev answers after each epoch."""
+        if self.model == "tiny":
+            return None
+
+        def test(scoring: dict) -> float:
+            sampled = scoring.get("num_sampled") or scoring["num_test"]
+            return (scoring["num_test"] + sampled * scoring["k"]) * SECONDS_PER_ANSWER
+
+        train = self.train_rows * self.epochs * TOKENS_PER_ROW * SECONDS_PER_TRAIN_TOKEN
+        trained = train + self.epochs * self.scoring["num_dev"] * SECONDS_PER_ANSWER + SECONDS_PER_RUN
+        total = SECONDS_PER_RUN + test(self.scoring)  # the base model
+        for objective in OBJECTIVES:
+            runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (objective in self.rerun)
+            total += runs * (trained + test(self.scoring_of(objective)))
+        return total
+
+
+SMALL_OOD = {"num_probe": 16, "num_mc": 48, "num_drift": 16, "num_if": 12, "if_max_new_tokens": 48}
 BUDGETS = {
+    "test": Budget(
+        train_rows=16,
+        epochs=2,
+        batch_size=2,
+        max_length=192,
+        refresh_every=2,
+        ce_warmup=2,
+        entropy_every=2,
+        scoring={"num_dev": 4, "num_test": 6, "k": 2, "max_new_tokens": 4},
+        eval={
+            "num_probe": 2,
+            "num_mc": 2,
+            "num_drift": 2,
+            "num_if": 2,
+            "drift_max_new_tokens": 4,
+            "if_max_new_tokens": 4,
+        },
+        lrs={"ce": (1e-3, 3e-3), "psft": (1e-3, 3e-3)},
+        lr=1e-3,
+        peer_scoring={"num_test": 4},
+        precision="32-true",
+        model="tiny",
+        expected="seconds (the tiny random model: the whole pipeline, in the tests)",
+    ),
     "smoke": Budget(
-        *SIZES["smoke"],
-        periodic=("entropy",),
-        eval={**SMOKE_EVAL, "num_mc": 48, "num_drift": 16, "num_if": 12, "if_max_new_tokens": 48},
-        expected="under 20 minutes on 2 otherwise idle CPU cores",
+        train_rows=32,
+        epochs=2,
+        batch_size=8,
+        max_length=128,
+        refresh_every=4,
+        ce_warmup=2,
+        entropy_every=4,
+        scoring={"num_dev": 16, "num_test": 64, "k": 2, "num_sampled": 16, "max_new_tokens": 48},
+        peer_scoring={"num_test": 32, "num_sampled": 8},
+        eval=SMALL_OOD,
+        lrs={"ce": (2e-5, 5e-5), "psft": (2e-5, 5e-5)},
+        seeds=(0,),
+        rerun=(),
+        expected="under 20 minutes on 2 idle CPU cores (estimate below)",
+    ),
+    "standard": Budget(
+        train_rows=72,
+        epochs=2,
+        batch_size=8,
+        max_length=128,
+        refresh_every=4,
+        ce_warmup=2,
+        entropy_every=4,
+        scoring={"num_dev": 32, "num_test": 256, "k": 2, "num_sampled": 32, "max_new_tokens": 48},
+        peer_scoring={"num_test": 64, "num_sampled": 16},
+        eval=SMALL_OOD,
+        lrs={"ce": (2e-5, 5e-5), "psft": (2e-5, 5e-5)},
+        expected="under 50 minutes on 2 idle CPU cores (estimate below)",
     ),
     "full": Budget(
-        *SIZES["full"],
-        periodic=("accuracy", "entropy"),
-        eval={"num_eval": 64, "k": 8, "num_sampled": 64, "max_new_tokens": 64, "num_probe": 64},
-        seeds=(0, 1),
-        expected="estimated, not measured: 2-3 hours per seed on 2 idle CPU cores (about 110 training "
-        "tokens/s), well under an hour per seed on one GPU",
-    ),
-    "test": Budget(
-        *SIZES["test"],
-        periodic=("accuracy", "entropy"),
-        eval={**TEST_EVAL, "num_mc": 2, "num_drift": 2, "num_if": 2, "if_max_new_tokens": 4},
-        model="tiny",
-        train_file="data/arithmetic/val.jsonl",  # 64 rows tokenise at once; the pipeline is what is tested
-        expected="seconds",
+        train_rows=1000,
+        epochs=4,
+        batch_size=8,
+        max_length=256,
+        refresh_every=8,
+        ce_warmup=16,
+        entropy_every=25,
+        scoring={"num_dev": 128, "num_test": 256, "k": 8, "max_new_tokens": 64},
+        eval={"num_probe": 64},
+        lrs={"ce": (1e-5, 2e-5, 5e-5), "psft": (5e-6, 2e-5, 5e-5), "psft_warmup": (2e-5, 5e-5)},
+        seeds=(0, 1, 2),
+        rerun=tuple(OBJECTIVES),
+        expected="GPU-sized: about a day on 2 CPU cores (estimate below); not yet timed on a GPU",
     ),
 }
 
 
-def eval_config(budget: Budget, root: Path) -> dict:
-    """EvalConfig of the budget with absolute paths (from ``root``), as plain data for a YAML config."""
+def eval_config(budget: Budget, root: Path, probe_file: Path, fields: dict[str, str]) -> dict:
+    """EvalConfig of the budget (entropy probe on ``probe_file``, the OOD sets under ``root``) as plain
+    data for a YAML config."""
     config = asdict(EvalConfig(**budget.eval))
-    config["eval_file"] = str(root / config["eval_file"])
-    config["ood_dir"] = str(root / config["ood_dir"])
+    config.update(eval_file=str(probe_file), ood_dir=str(root / config["ood_dir"]), **fields)
     return config

@@ -1,36 +1,18 @@
-"""The study's results page (Markdown, with its plots)."""
+"""The study's results page (Markdown, with its plots), written from the study's record."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
 
 from psft_lightning.callbacks.clipped_tokens import markdown_table
-from psft_lightning.evaluation import EvalConfig
-from psft_lightning.study.budgets import BUDGETS, LABELS, OBJECTIVES, PAPER, Budget
-from psft_lightning.study.verdicts import (
-    caveats,
-    verdicts,
-)
-
-COLUMNS = [
-    ("eval/accuracy", "accuracy"),
-    ("eval/avg@{k}", "avg@{k}"),
-    ("eval/answer_rate", "answer format"),
-    ("eval/entropy", "entropy"),
-    ("ood/mc_acc", "MC acc"),
-    ("ood/mc_acc_norm", "MC acc_norm"),
-    ("ood/drift_nll", "drift NLL ↓"),
-    ("ood/if_strict", "IF strict"),
-    ("wall_seconds", "wall time (s)"),
-]
-
-
-def fmt(mean: float, std: float, seeds: int) -> str:
-    return f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f}"
+from psft_lightning.study import paper
+from psft_lightning.study.budgets import BUDGETS, LABELS, PAPER, Budget
+from psft_lightning.study.verdicts import METRICS, mcnemar, paired, per_seed, spread, verdicts
 
 
 def shown(path: Path, root: Path) -> str:
@@ -39,122 +21,173 @@ def shown(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def write_results(
-    path: Path,
-    table: dict,
-    budget: Budget,
-    args,
-    seeds: list[int],
-    plots_dir: Path,
-    plots: list,
-    total: float,
-    load: tuple[float, float],
-    clipped: dict[str, dict],
-) -> None:
-    k = budget.eval.get("k", EvalConfig.k)
-    ev = EvalConfig(**budget.eval)
+def minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.0f} min"
+
+
+def method_rows(record: dict, k: int) -> list[str]:
+    """The main table: every objective at its selected lr and checkpoint, mean ± std over seeds."""
+    header = ["model", "lr", "epoch", "seeds", "test acc", f"avg@{k}", *METRICS.values(), "wall (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    named = [("base", [record["base"]]), *record["chosen"].items()]
+    for name, runs in named:
+        cells = [
+            LABELS[name],
+            "-" if runs[0]["lr"] is None else f"{runs[0]['lr']:g}",
+            "/".join(str(r["selected"]["epoch"]) for r in runs),
+            str(len(runs)),
+            spread(per_seed(runs, "test_greedy")),
+            spread(per_seed(runs, "test_avg_k")),
+            *(spread(per_seed(runs, key)) for key in METRICS),
+            f"{statistics.fmean(r['wall_seconds'] for r in runs):.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_rows(record: dict, k: int) -> list[str]:
+    """Every objective against SFT on the same test questions (first seed)."""
+    lines = [
+        f"| model | test acc - SFT [95% CI] | right only for SFT / only for it | McNemar p "
+        f"| avg@{k} - SFT [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for name in record["chosen"]:
+        if name == "ce":
+            continue
+        only_ce, only_it, p = mcnemar(record["chosen"], name)
+        greedy, sampled = (paired(record["chosen"], name, key) for key in ("test_greedy", "test_avg_k"))
+        lines.append(f"| {LABELS[name]} | {greedy} | {only_ce} / {only_it} | {p:.3f} | {sampled} |")
+    return lines
+
+
+def grid_rows(record: dict) -> list[str]:
+    """Each lr of the grid: dev accuracy after every epoch and the checkpoint it selects."""
+    lines = [
+        "| objective | lr | dev acc by epoch | selected epoch | chosen lr | wall (s) |",
+        "|---" * 6 + "|",
+    ]
+    for name, runs in record["grid"].items():
+        best = record["chosen"][name][0]["lr"]
+        for r in runs:
+            curve = ", ".join(f"{c['dev_accuracy']:.3f}" for c in r["checkpoints"])
+            mark = "yes" if r["lr"] == best else ""
+            lines.append(
+                f"| {LABELS[name]} | {r['lr']:g} | {curve} | {r['selected']['epoch']} | {mark} | "
+                f"{r['wall_seconds']:.0f} |"
+            )
+    return lines
+
+
+def budget_rows() -> list[str]:
+    lines = [
+        "| budget | rows x epochs | batch | lr grid | seeds (re-run) | dev / test | trained runs "
+        "| estimate |",
+        "|---" * 8 + "|",
+    ]
+    for name, b in BUDGETS.items():
+        grid = "; ".join(f"{LABELS[o]} {', '.join(f'{lr:g}' for lr in lrs)}" for o, lrs in b.lrs.items())
+        lines.append(
+            f"| `{name}` | {b.train_rows} x {b.epochs} | {b.batch_size} | {grid} | "
+            f"{', '.join(map(str, b.seeds))} ({', '.join(LABELS[o] for o in b.rerun) or 'none'}) | "
+            f"{b.scoring['num_dev']} / {b.scoring['num_test']}"
+            + (f" (peers {b.peer_scoring['num_test']})" if "num_test" in b.peer_scoring else "")
+            + f" | {b.runs()} | {minutes(b.estimate())} |"
+        )
+    return lines
+
+
+def write_results(path: Path, record: dict, budget: Budget, command: str, root: Path, plots: list) -> None:
+    """The page: setup, tables, verdicts, clipped tokens, plots, budgets and the paper's numbers."""
+    k = budget.scoring["k"]
+    task, seeds = record["task"], budget.seeds
+    clipped = {n: record["chosen"][n][0]["clipped"] for n in ("psft", "psft_warmup") if n in record["chosen"]}
     lines = [
         "# Results: PSFT's claims in miniature",
         "",
-        f"Generated by `python scripts/reproduce.py --budget {args.budget}` (seeds "
-        f"{', '.join(map(str, seeds))}); every number below is computed by that run, none is typed in.",
-        f"Model: `{args.model or budget.model}`. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__}, {'CUDA' if torch.cuda.is_available() else 'no GPU'}. "
-        f"Total wall time: {total / 60:.1f} min (budget `{args.budget}`: {budget.expected}); "
-        f"load average during the run {load[0]:.1f} -> {load[1]:.1f} (other jobs shared the CPU when above "
-        f"{os.cpu_count()}).",
+        f"Generated by `{command}`; every number of ours below is computed by that run. Model: "
+        f"`{record['model']}`. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"{torch.__version__}, {'CUDA' if torch.cuda.is_available() else 'no GPU'}. Total wall time "
+        f"{record['seconds'] / 60:.1f} min (estimate for `{record['budget']}`: {minutes(budget.estimate())}; "
+        f"{budget.expected}); load average {record['load'][0]:.1f} -> {record['load'][1]:.1f}.",
         "",
-        "## Setup",
+        "## Protocol",
         "",
-        f"- Training: {budget.train_file}, {budget.steps} optimizer steps of {budget.batch_size} "
-        f"examples (max_length {budget.max_length}), lr {budget.lr:g}, the same seed and data order for "
-        f"all four objectives; OldPolicy refresh every {budget.refresh_every} steps; PSFT (warm-up) does "
-        f"{budget.ce_warmup} CE steps first; SFT-KL beta as in configs/sft_kl.yaml.",
-        f"- In-domain: the first {ev.num_eval} questions of data/arithmetic/val.jsonl, greedy, "
-        f"{ev.max_new_tokens} new tokens, exact match of `The answer is N.`; avg@{k}: {k} samples at "
-        f"temperature {ev.temperature:g} on {ev.num_sampled or ev.num_eval} questions; answer format: the "
-        "share of greedy answers that contain that sentence at all.",
-        f"- Entropy: mean token entropy of the policy on the reference answers of {ev.num_probe} validation "
-        "rows (a teacher-forced probe, independent of the training batches).",
-        f"- OOD: {ev.num_mc or 'all'} questions of data/ood/general_knowledge.jsonl scored like lm-eval's "
-        f"ARC (acc, acc_norm); drift: mean NLL of the base model's own greedy answers to "
-        f"{ev.num_drift or 'all'} instructions (lower = closer to the base model); IF: prompt-level strict "
-        f"accuracy on {ev.num_if or 'all'} prompts of data/ood/if_probe.jsonl "
-        f"({ev.if_max_new_tokens} new tokens).",
+        f"- Training: the first {budget.train_rows} rows of `{shown(task['train_file'], root)}` for "
+        f"{budget.epochs} epochs, batch {budget.batch_size}, max_length {budget.max_length}, precision "
+        f"{budget.precision}; the same data order for every objective at a seed; OldPolicy refresh every "
+        f"{budget.refresh_every} steps; PSFT (warm-up) does {budget.ce_warmup} CE steps first.",
+        f"- Selection (as the paper): each lr of the grid is trained at seed {seeds[0]}; after every epoch "
+        f"greedy accuracy on {budget.scoring['num_dev']} questions of `{shown(task['dev_file'], root)}` is "
+        "measured; each run keeps its best epoch (ties: the earlier), each objective its best lr (ties: the "
+        "first of the grid). Objectives outside the grid train at "
+        + (f"lr {budget.lr:g}." if budget.lr else "their config's lr."),
+        f"- Claims: measured once, at the selected checkpoint, on {budget.scoring['num_test']} questions of "
+        f"`{shown(task['test_file'], root)}` (greedy; avg@{k}: {k} samples at temperature 1 on the first "
+        f"{budget.scoring.get('num_sampled') or budget.scoring['num_test']}); answers read with "
+        f"`{task['answer_pattern']}` against the `{task['final_field']}` field. Seeds "
+        f"{', '.join(map(str, seeds[1:])) or '(none)'} re-run "
+        f"{', '.join(LABELS[o] for o in budget.rerun) or 'nothing'} at the selected lr.",
+        *(
+            [
+                f"- Peers (objectives outside the grid) are scored on the first "
+                f"{budget.scoring_of('dft')['num_test']} test questions, and paired against SFT on those."
+            ]
+            if budget.peer_scoring
+            else []
+        ),
+        "- Entropy, MC, drift and IF come from `GenerationEval` at the selected checkpoint: probe entropy on "
+        "dev reference answers, lm-eval-style multiple choice, NLL of the base model's own answers (lower = "
+        "less drift), prompt-level strict instruction following.",
         "",
-        "## Table",
+        "## Table (selected checkpoints, test split)",
         "",
-        "| model | " + " | ".join(label.format(k=k) for _, label in COLUMNS) + " |",
-        "|---" * (len(COLUMNS) + 1) + "|",
-    ]
-    for name in ["base", *OBJECTIVES]:
-        cells = [
-            fmt(*table[name].get(key.format(k=k), (float("nan"), 0.0)), len(seeds)) for key, _ in COLUMNS
-        ]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
-    lines += [
+        *method_rows(record, k),
         "",
-        "The base model's wall time is its evaluation alone; the others include loading, training and "
-        "evaluation.",
+        "## Paired against SFT (same test questions, first seed)",
+        "",
+        *paired_rows(record, k),
         "",
         "## The paper's claims, checked",
         "",
         "| claim | shown here | numbers |",
         "|---|---|---|",
+        *[f"| {claim} | {verdict} | {detail} |" for claim, verdict, detail in verdicts(record)],
+        "",
+        "## The lr grid and the dev curve",
+        "",
+        *grid_rows(record),
+        "",
+        "## Which tokens PSFT clips",
+        "",
+        f"The last `ClippedTokens` table of each selected run (seed {seeds[0]}): the tokens whose ratio "
+        "passed 1 + clip_high most often in that step.",
     ]
-    claims = verdicts(table, ev.num_eval)
-    for claim, verdict, detail in claims:
-        lines.append(f"| {claim} | {verdict} | {detail} |")
-    lines += ["", "## Reading these numbers", "", *caveats(claims, table, budget, ev, load)]
-    lines += ["", "## Which tokens PSFT clips", ""]
-    lines.append(
-        'The paper finds the clipped tokens concentrated on words like "wait" and "alternatively". Here, '
-        f"the last `ClippedTokens` table of each run (seed {seeds[0]}; logged every {budget.refresh_every} "
-        "steps, for PSFT the step before a refresh): the token strings whose ratio passed 1 + clip_high "
-        "most often in that step."
-    )
-    for objective, logged in clipped.items():
-        rows = [tuple(row) for row in logged["rows"]]
-        lines += ["", f"{LABELS[objective]}, step {logged['step']}:", "", markdown_table(rows)]
+    for name, logged in clipped.items():
+        if logged:
+            rows = [tuple(row) for row in logged["rows"]]
+            lines += ["", f"{LABELS[name]}, step {logged['step']}:", "", markdown_table(rows)]
     lines += [
         "",
-        "## Plots",
+        "## Curves",
+        "",
+        "`train/entropy` per step shows any epoch-boundary sawtooth; `dev/accuracy` is the selection curve.",
         "",
         *[f"![{Path(p).stem}]({os.path.relpath(p, path.parent)})" for p in plots],
         "",
-        "Redraw them, or any other runs' curves, with "
-        f"`psft plot {shown(args.runs_dir, args.root)}/seed{seeds[0]} --out {shown(plots_dir, args.root)}`.",
-        "",
         "## Budgets",
         "",
-        "| budget | steps x batch | lr | eval sizes | expected time |",
-        "|---|---|---|---|---|",
-        *[
-            f"| `{name}` | {b.steps} x {b.batch_size} | {b.lr:g} | "
-            + ", ".join(f"{k}={v}" for k, v in b.eval.items())
-            + f" | {b.expected} |"
-            for name, b in BUDGETS.items()
-        ],
+        *budget_rows(),
         "",
-        "`full` runs every set in full (100 MC questions, 32 drift instructions, 24 IF prompts) and reports "
-        "mean ± standard deviation over its seeds. No GPU was available to this project when this page was "
-        "written, so its time is an estimate; run it with `python scripts/reproduce.py --budget full` "
-        "(add `--seeds 0 1 2` for more).",
-        "",
-        "## Use the evaluation in your own runs",
-        "",
-        "`psft fit --config configs/psft.yaml --config configs/psft_eval.yaml` logs the same metrics "
-        "during any run (see the comments in configs/psft_eval.yaml; `psft validate` with that file "
-        "evaluates a checkpoint once), and `python scripts/plot_runs.py runs/* --out plots` draws any runs' "
-        "TensorBoard curves side by side.",
+        "The estimate is `Budget.estimate()`: (trained runs + 1) x (training tokens x "
+        "SECONDS_PER_TRAIN_TOKEN + generated answers x SECONDS_PER_ANSWER + SECONDS_PER_RUN), with the "
+        "rates measured on this machine (src/psft_lightning/study/budgets.py).",
         "",
         "## The paper's own numbers",
         "",
-        f"The paper ([arXiv 2508.17784]({PAPER}), Zhu et al.) reports its results on 7-8B instruct models "
-        "(Qwen2.5-7B-Instruct, Llama-3.1-8B-Instruct) trained on mathematical reasoning and human-value "
-        "data, evaluated on math benchmarks (avg@k) and general benchmarks. Its numbers are in the paper's "
-        "tables and figures: read them there. They are **not** copied or reproduced here; this page "
-        "only shows what this project measures on its own miniature setup.",
+        *paper.markdown(),
+        "",
+        f"Source: [arXiv 2508.17784]({PAPER}).",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

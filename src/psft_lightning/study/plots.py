@@ -1,7 +1,7 @@
 """Draw TensorBoard scalars of any runs as PNG comparison plots, one line per run, one file per tag.
 
     psft plot runs/sft runs/psft --out plots/
-    psft plot "runs/reproduce/seed0/*" --tags train/loss eval/entropy --out plots/
+    psft plot "runs/study/seed0/*" --tags train/loss eval/entropy --out plots/
 
 (``python scripts/plot_runs.py`` takes the same arguments.)
 

@@ -1,0 +1,31 @@
+"""The study's paired statistics against hand computations."""
+
+from __future__ import annotations
+
+import pytest
+
+from psft_lightning.study.stats import mcnemar_exact, paired_bootstrap
+
+
+def test_mcnemar_exact_counts_discordant_questions_and_doubles_the_binomial_tail():
+    a = [True] * 6 + [False] * 2 + [True] * 10 + [False] * 4
+    b = [False] * 6 + [True] * 2 + [True] * 10 + [False] * 4
+    only_a, only_b, p = mcnemar_exact(a, b)
+    assert (only_a, only_b) == (6, 2)
+    # P(X <= 2) for X ~ Bin(8, 1/2) = (1 + 8 + 28) / 256; two-sided: twice that
+    assert p == pytest.approx(2 * 37 / 256)
+    assert mcnemar_exact([True, False], [True, False])[2] == 1.0
+    with pytest.raises(ValueError, match="same questions"):
+        mcnemar_exact([True], [True, False])
+
+
+def test_paired_bootstrap_interval_brackets_the_mean_difference_and_is_seeded():
+    a = [0.0] * 50 + [1.0] * 50
+    b = [1.0] * 30 + [0.0] * 20 + [1.0] * 50
+    result = paired_bootstrap(a, b, samples=1000, seed=3)
+    assert result.diff == pytest.approx(0.3) and result.n == 100
+    # the SE of a mean of 30 ones among 100 is sqrt(0.3 * 0.7 / 100) = 0.046: the interval is about +-0.09
+    assert 0.19 < result.low < 0.23 and 0.37 < result.high < 0.41 and result.decided()
+    assert paired_bootstrap(a, b, samples=1000, seed=3) == result
+    tie = paired_bootstrap([0.0, 1.0] * 20, [1.0, 0.0] * 20, samples=500)
+    assert tie.diff == 0.0 and tie.low < 0 < tie.high and not tie.decided()
