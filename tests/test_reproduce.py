@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from psft_lightning.errors import ConfigError, DataError
 from psft_lightning.study.budgets import BUDGETS, LABELS, OBJECTIVES
-from psft_lightning.study.runs import epoch_file, run
+from psft_lightning.study.runs import RunPlan, epoch_file, run
 from psft_lightning.study.selection import Task, correct
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,13 +65,33 @@ def test_the_study_runs_every_objective_through_the_grid_and_writes_the_page_and
     )
     assert re.search(r"^\| DFT \| [+-]\d\.\d{3} \[", page, re.MULTILINE)  # paired on the 4 questions both had
     verdicts = re.findall(r"^\| \((\d)\) .* \| (yes|no|cannot decide) \|", page, re.MULTILINE)
-    assert [n for n, _ in verdicts] == ["1", "2", "3", "4"]
+    assert [n for n, _ in verdicts] == ["1", "2", "3", "4", "5"]  # (5): the RL follow-up
     assert verdicts[1][1] == "cannot decide"  # the tiny model's accuracy sits at the floor
     assert "| metric (the paper's) |" in page and "| IFEval | 73.94 | 54.42 |" in page
     # the grid table lists both lrs; the main table only the selected one (ties keep the first)
     assert page.count("| SFT | 0.001 |") == 2 and page.count("| PSFT | 0.003 |") == 1
     assert re.search(r"^PSFT, step \d+:$", page, re.MULTILINE)
     for name in ("train_entropy", "eval_entropy", "dev_accuracy", "train_loss", "psft_clip_frac"):
+        assert (out / "results" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_the_rl_follow_up_starts_from_the_selected_checkpoints_and_is_evaluated(studied):
+    out, page, record = studied
+    assert list(record["rl"]) == ["ce", "psft"]
+    for name, rl in record["rl"].items():
+        start = record["chosen"][name][0]
+        assert rl["from"] == f"{name}_lr{start['lr']:g}"
+        assert (Path(start["folder"]) / "model" / "config.json").is_file()  # the exported selected weights
+        assert [row["step"] for row in rl["steps"]] == [1, 2]
+        assert all(math.isfinite(row["reward"]) and row["entropy"] > 0 for row in rl["steps"])
+        after = rl["after"]
+        assert after["lr"] is None and len(after["test_greedy"]) == len(start["test_greedy"])
+        assert set(after["metrics"]) >= {"ood/mc_acc", "ood/drift_nll", "ood/if_strict", "eval/entropy"}
+    # drift after RL is measured against the base model's answers, not the RL model's own
+    assert sorted(p.name for p in (out / "runs").glob("drift_reference*")) == ["drift_reference.tiny.jsonl"]
+    assert "## Claim 4: the RL follow-up" in page and "| PSFT (psft_lr" in page
+    assert "After GRPO, PSFT's start minus SFT's on the same test questions" in page
+    for name in ("rl_reward", "rl_entropy"):
         assert (out / "results" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
@@ -112,7 +133,7 @@ def test_any_dataset_with_fields_and_an_answer_pattern(tmp_path):
     )
     assert task.questions(task.test_file, 2) == [("What is 17 plus 17?", "34"), ("What is 18 plus 18?", "36")]
     epoch_file(task, BUDGETS["test"], tmp_path / "runs")
-    record = run("ce", 1e-3, BUDGETS["test"], task, "tiny", 0, tmp_path / "runs" / "seed0", ROOT)
+    record = run(RunPlan("ce", 1e-3, "tiny", 0, tmp_path / "runs" / "seed0"), BUDGETS["test"], task, ROOT)
     assert len(record["test_greedy"]) == 4 and record["task"]["answer_pattern"] == r"#### (\S+)"
     assert len(record["checkpoints"]) == 2
     with pytest.raises(ConfigError, match="not a regex"):
@@ -123,7 +144,8 @@ def test_any_dataset_with_fields_and_an_answer_pattern(tmp_path):
 
 def test_the_budgets_fit_their_machines():
     standard = BUDGETS["standard"]
-    assert standard.estimate() <= 50 * 60 and BUDGETS["smoke"].estimate() <= 20 * 60
+    assert standard.estimate() <= 90 * 60 and BUDGETS["smoke"].estimate() <= 20 * 60
+    assert standard.rl and set(standard.rl_from) == {"ce", "psft"}
     assert standard.scoring["num_test"] >= 256 and len(standard.seeds) >= 2
     for budget in BUDGETS.values():
         assert len(budget.lrs["ce"]) >= 2 and len(budget.lrs["psft"]) >= 2

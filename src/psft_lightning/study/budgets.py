@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from psft_lightning.evaluation import EvalConfig
+from psft_lightning.rl.settings import GRPOSettings
 
 OBJECTIVES = {
     "ce": "sft.yaml",
@@ -44,6 +45,9 @@ SECONDS_PER_TRAIN_TOKEN = 1 / 200
 SECONDS_PER_ANSWER = 0.5  # a greedy or sampled answer of up to 48 new tokens, batch 16
 SECONDS_PER_RUN = 20  # start-up and model load, the OOD sets and the entropy probe of one run
 TOKENS_PER_ROW = 90  # prompt with chat template (59) and answer (31) of an arithmetic row
+# GRPO (TRL, fp32): one step of 2 prompts x 4 samples x 64 new tokens used 2.5 CPU-minutes on 2 cores,
+# about 0.15 s per sampled token once generation, the policy's scoring forward and backward are counted
+SECONDS_PER_RL_TOKEN = 0.15
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class Budget:
     precision: str = "bf16-mixed"
     model: str = "smollm2-135m-instruct"
     expected: str = ""
+    rl: dict = field(default_factory=dict)  # GRPOSettings overrides of the RL follow-up; empty: none
+    rl_from: tuple[str, ...] = ("ce", "psft")  # whose selected checkpoints (first seed) start GRPO
 
     def runs(self) -> int:
         """Trained runs of the study (the base model's evaluation not counted)."""
@@ -100,6 +106,11 @@ class Budget:
         for objective in OBJECTIVES:
             runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (objective in self.rerun)
             total += runs * (trained + test(self.scoring_of(objective)))
+        if self.rl:  # GRPO, then the evaluation of its model, from each selected checkpoint
+            rl = GRPOSettings(**self.rl)
+            sampled = rl.steps * rl.batch_size * rl.num_generations * rl.max_new_tokens
+            evaluated = SECONDS_PER_RUN + test(self.scoring)
+            total += len(self.rl_from) * (sampled * SECONDS_PER_RL_TOKEN + evaluated)
         return total
 
 
@@ -127,6 +138,7 @@ BUDGETS = {
         peer_scoring={"num_test": 4},
         precision="32-true",
         model="tiny",
+        rl={"steps": 2, "batch_size": 2, "num_generations": 2, "max_new_tokens": 4, "lr": 1e-3},
         expected="seconds (the tiny random model: the whole pipeline, in the tests)",
     ),
     "smoke": Budget(
@@ -157,7 +169,8 @@ BUDGETS = {
         peer_scoring={"num_test": 64, "num_sampled": 16},
         eval=SMALL_OOD,
         lrs={"ce": (2e-5, 5e-5), "psft": (2e-5, 5e-5)},
-        expected="under 50 minutes on 2 idle CPU cores (estimate below)",
+        rl={"steps": 4, "batch_size": 2, "num_generations": 4, "max_new_tokens": 40, "lr": 1e-5},
+        expected="under 90 minutes on 2 idle CPU cores (estimate below)",
     ),
     "full": Budget(
         train_rows=1000,

@@ -12,6 +12,7 @@ import torch
 from psft_lightning.callbacks.clipped_tokens import markdown_table
 from psft_lightning.study import paper
 from psft_lightning.study.budgets import BUDGETS, LABELS, PAPER, Budget
+from psft_lightning.study.rl_page import rl_section
 from psft_lightning.study.verdicts import METRICS, mcnemar, paired, per_seed, spread, verdicts
 
 
@@ -97,8 +98,11 @@ def budget_rows() -> list[str]:
     return lines
 
 
-def write_results(path: Path, record: dict, budget: Budget, command: str, root: Path, plots: list) -> None:
-    """The page: setup, tables, verdicts, clipped tokens, plots, budgets and the paper's numbers."""
+def write_results(
+    path: Path, record: dict, budget: Budget, command: str, root: Path, plots: list, rl_plots: list = ()
+) -> None:
+    """The page: setup, tables, verdicts, the RL follow-up, clipped tokens, plots, budgets and the paper's
+    numbers."""
     k = budget.scoring["k"]
     task, seeds = record["task"], budget.seeds
     clipped = {n: record["chosen"][n][0]["clipped"] for n in ("psft", "psft_warmup") if n in record["chosen"]}
@@ -154,6 +158,7 @@ def write_results(path: Path, record: dict, budget: Budget, command: str, root: 
         "|---|---|---|",
         *[f"| {claim} | {verdict} | {detail} |" for claim, verdict, detail in verdicts(record)],
         "",
+        *rl_section(record, budget, list(rl_plots), path),
         "## The lr grid and the dev curve",
         "",
         *grid_rows(record),

@@ -30,6 +30,7 @@ from pathlib import Path
 from psft_lightning.study.budgets import BUDGETS, LABELS
 from psft_lightning.study.page import write_results
 from psft_lightning.study.plots import plot, read_scalars
+from psft_lightning.study.rl_page import CURVES, curves
 from psft_lightning.study.runs import measure
 from psft_lightning.study.selection import Task
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> Path:
     shutil.rmtree(plots_dir, ignore_errors=True)
     runs = {LABELS[name]: read_scalars(chosen[0]["folder"]) for name, chosen in record["chosen"].items()}
     plots = plot(runs, TAGS, str(plots_dir))
-    write_results(out, record, budget, record["command"], root, plots)
+    rl_plots = plot(curves(record), list(CURVES), str(plots_dir))
+    write_results(out, record, budget, record["command"], root, plots, rl_plots)
     print(f"wrote {out} and {len(plots)} plots to {plots_dir}; runs took {record['seconds'] / 60:.1f} min")
     return out

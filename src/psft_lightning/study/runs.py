@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -17,10 +17,12 @@ import yaml
 from psft_lightning.callbacks import ClippedTokens, GenerationEval
 from psft_lightning.cli import run_cli
 from psft_lightning.data.sources import read_rows
+from psft_lightning.rl import GRPOSettings, run_grpo
 from psft_lightning.study.budgets import OBJECTIVES, Budget, eval_config
 from psft_lightning.study.selection import Scoring, Task
 
 log = logging.getLogger(__name__)
+EXPORT_DIR = "model"  # the selected weights of a run the RL follow-up starts from, under its folder
 OOD_GROUPS = ["entropy", "mc", "drift", "if"]  # in-domain accuracy is SelectCheckpoint's, on dev/test
 
 
@@ -46,11 +48,28 @@ def config_lr(objective: str, root: Path) -> float:
         return float(yaml.safe_load(handle)["model"]["lr"])
 
 
-def run_config(
-    objective: str, lr: float | None, budget: Budget, task: Task, model: str, seed: int, out: Path, root: Path
-) -> dict:
-    """<root>/configs/<objective>.yaml with the budget's overrides; ``lr`` None evaluates the model
-    as loaded (``psft validate``) instead of training it."""
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run of the study is: the objective's config, its lr (None: evaluate the model as loaded,
+    ``psft validate``), the model and seed, where it writes, whether its selected weights are exported
+    (``<folder>/model``, for the RL follow-up), and the model whose own answers the drift set measures."""
+
+    objective: str
+    lr: float | None
+    model: str
+    seed: int
+    out: Path
+    export: bool = False
+    drift_model: str | None = None  # default: ``model``
+
+    @property
+    def name(self) -> str:
+        return run_name(self.objective, self.lr)
+
+
+def run_config(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
+    """<root>/configs/<objective>.yaml with the budget's overrides."""
+    objective, lr, model, seed, out = plan.objective, plan.lr, plan.model, plan.seed, plan.out
     with open(root / "configs" / OBJECTIVES[objective], encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
     name = run_name(objective, lr)
@@ -83,6 +102,7 @@ def run_config(
         "task": asdict(task),
         "scoring": asdict(Scoring(**budget.scoring_of(None if lr is None else objective))),
         "out_file": str(out / f"{name}.json"),
+        "export_dir": str(out / name / EXPORT_DIR) if plan.export else None,
     }
     evaluation = {
         "every_n_steps": 0 if lr is None else budget.entropy_every,
@@ -90,7 +110,7 @@ def run_config(
         "start": [] if lr is None else ["entropy"],
         "final": OOD_GROUPS,
         "config": {**eval_config(budget, root, Path(task.dev_file), fields), "final_field": task.final_field},
-        "drift_cache": str(out.parent / f"drift_reference.{model}.jsonl"),
+        "drift_cache": str(out.parent / f"drift_reference.{plan.drift_model or model}.jsonl"),
     }
     callbacks += [  # SelectCheckpoint first: the final OOD sets then score the selected weights
         {"class_path": "psft_lightning.study.selection.SelectCheckpoint", "init_args": selection},
@@ -115,13 +135,11 @@ def run_config(
     return config
 
 
-def run(
-    objective: str, lr: float | None, budget: Budget, task: Task, model: str, seed: int, out: Path, root: Path
-) -> dict:
+def run(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     """Train (or, with ``lr`` None, only evaluate) one run through the CLI: its selection record,
     final OOD metrics, wall time and PSFT's last clipped-token table."""
-    config = run_config(objective, lr, budget, task, model, seed, out, root)
-    name = run_name(objective, lr)
+    config = run_config(plan, budget, task, root)
+    objective, lr, seed, out, name = plan.objective, plan.lr, plan.seed, plan.out, plan.name
     shutil.rmtree(out / name, ignore_errors=True)
     path = out / f"{name}.yaml"
     out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +175,28 @@ def run(
     return record
 
 
+def follow_up(
+    objective: str, start: dict, budget: Budget, task: Task, model: str, runs_dir: Path, root: Path
+) -> dict:
+    """Claim 4: GRPO (TRL's GRPOTrainer, exact-match reward on the training prompts) from ``start``'s
+    exported selected checkpoint, then the evaluation every run gets (dev, test, OOD; drift still
+    against the base model's own answers)."""
+    settings = GRPOSettings(
+        **{"seed": start["seed"], **budget.rl},
+        prompt_field=task.prompt_field,
+        answer_field=task.final_field,
+        answer_pattern=task.answer_pattern,
+    )
+    out = runs_dir / f"rl_{objective}"
+    begin = time.perf_counter()
+    steps = run_grpo(Path(start["folder"]) / EXPORT_DIR, runs_dir / "train_epoch.jsonl", out, settings)
+    seconds = time.perf_counter() - begin
+    plan = RunPlan(objective, None, str(out / "model"), start["seed"], out, drift_model=model)
+    after = run(plan, budget, task, root)
+    log.info("GRPO from %s: %d steps, %.0f s", run_name(objective, start["lr"]), len(steps), seconds)
+    return {"from": run_name(objective, start["lr"]), "steps": steps, "grpo_seconds": seconds, "after": after}
+
+
 def selected(records: list[dict]) -> dict:
     """The run whose selected checkpoint scores best on dev; ties keep the earlier run of the grid."""
     return max(records, key=lambda r: r["selected"]["dev_accuracy"])
@@ -169,20 +209,25 @@ def measure(budget_name: str, budget: Budget, task: Task, model: str, runs_dir: 
     shutil.rmtree(runs_dir, ignore_errors=True)
     epoch_file(task, budget, runs_dir)
     first, *later = budget.seeds
-    base = run("ce", None, budget, task, model, first, runs_dir / f"seed{first}", root)
+    out = runs_dir / f"seed{first}"
+    base = run(RunPlan("ce", None, model, first, out), budget, task, root)
     grid: dict[str, list[dict]] = {}
     chosen: dict[str, list[dict]] = {}
     for objective in OBJECTIVES:
         lrs = budget.lrs.get(objective) or (budget.lr or config_lr(objective, root),)
-        out = runs_dir / f"seed{first}"
-        grid[objective] = [run(objective, lr, budget, task, model, first, out, root) for lr in lrs]
+        export = bool(budget.rl) and objective in budget.rl_from
+        plans = [RunPlan(objective, lr, model, first, out, export) for lr in lrs]
+        grid[objective] = [run(plan, budget, task, root) for plan in plans]
         chosen[objective] = [selected(grid[objective])]
+    rl = {
+        objective: follow_up(objective, chosen[objective][0], budget, task, model, runs_dir, root)
+        for objective in (budget.rl_from if budget.rl else ())
+    }
     for seed in later:
         for objective in budget.rerun:
             lr = chosen[objective][0]["lr"]
-            chosen[objective].append(
-                run(objective, lr, budget, task, model, seed, runs_dir / f"seed{seed}", root)
-            )
+            plan = RunPlan(objective, lr, model, seed, runs_dir / f"seed{seed}")
+            chosen[objective].append(run(plan, budget, task, root))
     return {
         "budget": budget_name,
         "model": model,
@@ -190,6 +235,7 @@ def measure(budget_name: str, budget: Budget, task: Task, model: str, runs_dir: 
         "base": base,
         "grid": grid,
         "chosen": chosen,
+        "rl": rl,
         "seconds": time.perf_counter() - begin,
         "load": [load_before, os.getloadavg()[0]],
     }

@@ -19,6 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from psft_lightning.data.sources import read_rows
 from psft_lightning.errors import ConfigError, DataError
 from psft_lightning.evaluation import generate, isolated, render_prompts
+from psft_lightning.export import write_model
 from psft_lightning.models import load_tokenizer
 
 
@@ -91,10 +92,13 @@ class SelectCheckpoint(L.Callback):
         task: files, fields and answer pattern (see ``Task``).
         scoring: sizes (see ``Scoring``).
         out_file: the JSON record of this run.
+        export_dir: also write the selected weights there as a Hugging Face directory (what
+            ``psft export`` writes), for the RL follow-up.
     """
 
-    def __init__(self, task: dict, scoring: dict, out_file: str) -> None:
+    def __init__(self, task: dict, scoring: dict, out_file: str, export_dir: str | None = None) -> None:
         self.task, self.scoring, self.out_file = Task(**task), Scoring(**scoring), out_file
+        self.export_dir = export_dir
         self.pattern = self.task.compiled()
         self.checkpoints: list[dict] = []
         self.best: dict | None = None
@@ -148,6 +152,9 @@ class SelectCheckpoint(L.Callback):
             raise ConfigError("the study selects among epoch checkpoints: train at least one epoch")
         pl_module.policy.load_state_dict(self.best.pop("weights"))
         self.write(pl_module, {k: self.best[k] for k in ("epoch", "step", "dev_accuracy")})
+        if self.export_dir is not None:
+            write_model(pl_module.policy, self._tokenizer, Path(self.export_dir))
+            self._tokenizer.save_pretrained(self.export_dir)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking:

@@ -119,4 +119,24 @@ def verdicts(record: dict) -> list[tuple[str, str, str]]:
             ),
         )
     )
+    if {"ce", "psft"} <= set(record.get("rl") or {}):
+        claims.append(rl_claim(record["rl"]))
     return claims
+
+
+def rl_claim(rl: dict) -> tuple[str, str, str]:
+    """(5), the paper's RL claim: after the same GRPO, PSFT's start keeps more entropy and forgets less
+    out of domain (drift decides; one seed, so 'yes' or 'no' only when entropy and drift agree)."""
+    ce, psft = (rl[name]["after"]["metrics"] for name in ("ce", "psft"))
+    gap = paired({n: [rl[n]["after"]] for n in rl}, "psft", "test_greedy")
+    better = [psft["eval/entropy"] > ce["eval/entropy"], psft["ood/drift_nll"] < ce["ood/drift_nll"]]
+    shown = "yes" if all(better) else "no" if not any(better) else UNDECIDED
+    return (
+        "(5) PSFT is a better start for RL (GRPO)",
+        shown,
+        f"after GRPO, SFT vs PSFT start: entropy {ce['eval/entropy']:.3f} vs {psft['eval/entropy']:.3f}, "
+        f"drift NLL {ce['ood/drift_nll']:.3f} vs {psft['ood/drift_nll']:.3f}, "
+        f"MC acc {ce['ood/mc_acc']:.3f} vs {psft['ood/mc_acc']:.3f}; test accuracy PSFT - SFT {gap} "
+        "(shown if PSFT's entropy is higher and "
+        "its drift lower, not if neither; one seed)",
+    )
