@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from psft_lightning.evaluation.constraints import CHECKS
+from psft_lightning.study.budgets import BUDGETS, OOD_ROWS, ood_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_ood_data.py"
@@ -124,3 +125,24 @@ def test_instructions_are_distinct_and_probe_checks_are_known_kinds():
     kinds = [check["kind"] for r in probe for check in r["checks"]]
     assert set(kinds) == set(CHECKS)
     assert sum(len(r["checks"]) > 1 for r in probe) >= 16
+
+
+def test_standard_budget_reports_every_ood_probe_on_at_least_50_items():
+    sizes = {
+        "num_mc": "general_knowledge.jsonl",
+        "num_drift": "instructions.jsonl",
+        "num_if": "if_probe.jsonl",
+    }
+    assert OOD_ROWS == {key: len(rows(name)) for key, name in sizes.items()}
+    standard = BUDGETS["standard"].eval
+    assert {key: standard[key] for key in sizes} == {"num_mc": 128, "num_drift": 64, "num_if": 64}
+    assert all(50 <= standard[key] <= OOD_ROWS[key] for key in sizes)
+
+
+def test_ood_cost_is_items_times_rates_beyond_smoke():
+    # 64 IF answers x 0.5 s + 128 questions x 0.46 s + 64 drift rows x 0.59 s, less smoke's 12/48/16
+    assert ood_cost(BUDGETS["standard"].eval) == pytest.approx(32 + 58.88 + 37.76)
+    assert BUDGETS["standard"].ood_seconds() == pytest.approx(128.64 - (6 + 22.08 + 9.44))
+    assert BUDGETS["smoke"].ood_seconds() == 0
+    # full: every item, IF answers of 128 tokens cost 128/48 of a 48-token one
+    assert ood_cost(BUDGETS["full"].eval) == pytest.approx(64 * 0.5 * 128 / 48 + 208 * 0.46 + 64 * 0.59)
