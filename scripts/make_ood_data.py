@@ -17,6 +17,10 @@ import logging
 import os
 import random
 
+from ood_hard_items import hard_items
+
+HARD_PER_KIND = 12  # 9 kinds: 108 computed items beside the 100 recalled ones
+
 CAPITALS = [
     ("France", "Paris"),
     ("Japan", "Tokyo"),
@@ -143,7 +147,8 @@ FACTS = [
 
 
 def multiple_choice(rng: random.Random) -> list[dict]:
-    """About 100 four-option questions: answer at a seeded position, distractors from the same table."""
+    """208 four-option questions, recalled and computed ones in a seeded order (so any first N mix
+    both), the answer at a seeded position."""
     questions = []
 
     def add(question: str, answer: str, wrong: list[str]) -> None:
@@ -172,6 +177,9 @@ def multiple_choice(rng: random.Random) -> list[dict]:
             str(product),
             [str(product + d) for d in rng.sample([-2, -1, 1, 2, 10], 3)],
         )
+    for question, answer, wrong in hard_items(rng, HARD_PER_KIND):
+        add(question, answer, wrong)
+    rng.shuffle(questions)
     return questions
 
 
@@ -208,6 +216,38 @@ INSTRUCTIONS = [
     "What makes a good friend?",
     "Describe how to plant a tree.",
     "Write a short motivational message for a student before an exam.",
+    "Explain how a refrigerator keeps food cold.",
+    "Write a limerick about a forgetful cat.",
+    "What is the difference between a virus and a bacterium?",
+    "Give five ideas for a birthday present for a grandmother.",
+    "Describe the taste of a lemon to someone who has never had one.",
+    "Explain what a budget is and why it helps.",
+    "Write a short dialogue between a customer and a baker.",
+    "How does a rainbow form?",
+    "What are the main parts of a flower?",
+    "Give tips for learning a new language.",
+    "Explain why the Moon has phases.",
+    "Write a product description for a reusable water bottle.",
+    "What should someone do if they feel stressed at work?",
+    "Describe a busy market in the morning.",
+    "Explain the difference between a noun and a verb.",
+    "How can I save energy at home?",
+    "Write a short apology message for missing a friend's party.",
+    "What is a volcano and why does it erupt?",
+    "Explain how to tie a shoelace.",
+    "Give three reasons why people keep pets.",
+    "Describe what happens when you boil an egg.",
+    "Write the opening paragraph of a mystery story.",
+    "What is recycling and why does it matter?",
+    "Explain how a library works.",
+    "Suggest a weekly plan for someone who wants to start running.",
+    "What are clouds made of?",
+    "Write a short speech for a friend's wedding.",
+    "Explain what fractions are with an example.",
+    "Describe the sounds you might hear in a forest at night.",
+    "How do you introduce yourself at a job interview?",
+    "Explain why it is dark at night.",
+    "Write a short review of a film you imagine seeing.",
 ]
 
 IF_PROBE = [
@@ -259,6 +299,85 @@ IF_PROBE = [
         "Describe a river in at most 40 words. End your answer with 'The end.'",
         [("max_words", 40), ("ends_with", "The end.")],
     ),
+    ("Name five vegetables as exactly 5 bullet points.", [("bullet_count", 5)]),
+    ("Give one tip for saving money, as exactly 1 bullet point.", [("bullet_count", 1)]),
+    ("List three sports using exactly 3 bullet points that start with '* '.", [("bullet_count", 3)]),
+    ("Explain what a clock does. Write everything in lowercase.", [("lowercase", None)]),
+    ("describe a sunny beach using only lowercase letters.", [("lowercase", None)]),
+    ("Shout a warning about a wet floor. Use only capital letters.", [("uppercase", None)]),
+    ("WRITE A SHORT GREETING IN ALL CAPITAL LETTERS.", [("uppercase", None)]),
+    ("Describe a garden. Include the word 'flowers' in your answer.", [("includes", "flowers")]),
+    ("Write a sentence about winter that uses the word 'cold'.", [("includes", "cold")]),
+    ("Explain what a map is and mention the word 'north'.", [("includes", "north")]),
+    ("Describe the sea without using the word 'water'.", [("excludes", "water")]),
+    ("Describe a cat without using the word 'cat'.", [("excludes", "cat")]),
+    ("Talk about the weather without using the word 'sun'.", [("excludes", "sun")]),
+    ("What is a book? Answer in at most 10 words.", [("max_words", 10)]),
+    ("Explain gravity in no more than 20 words.", [("max_words", 20)]),
+    ("Describe a bird in at most 12 words.", [("max_words", 12)]),
+    ("Name a famous building. Answer in at most 5 words.", [("max_words", 5)]),
+    ("Give a fact about cheese. End your answer with the word 'Done.'", [("ends_with", "Done.")]),
+    (
+        "Write a short wish for a friend. End with the exact phrase 'Good luck!'",
+        [("ends_with", "Good luck!")],
+    ),
+    ("Describe a library. Start your answer with the word 'Books'.", [("starts_with", "Books")]),
+    ("What is a train? Begin your reply with 'A train'.", [("starts_with", "A train")]),
+    ("Answer starting with 'No': can fish climb trees?", [("starts_with", "No")]),
+    ("Describe a city park without using any commas.", [("no_comma", None)]),
+    ("List what you need to bake bread, without using commas.", [("no_comma", None)]),
+    (
+        "Return a JSON object with keys 'city' and 'country'. Output only the JSON.",
+        [("json", None)],
+    ),
+    ("Describe a book as a JSON object with a 'title' key. Output nothing but JSON.", [("json", None)]),
+    (
+        "Name three birds as exactly 3 bullet points and do not use the word 'eagle'.",
+        [("bullet_count", 3), ("excludes", "eagle")],
+    ),
+    (
+        "Describe the night sky in lowercase letters and include the word 'stars'.",
+        [("lowercase", None), ("includes", "stars")],
+    ),
+    (
+        "Write about autumn in at most 25 words without using any commas.",
+        [("max_words", 25), ("no_comma", None)],
+    ),
+    (
+        "Start your answer with 'Hello' and answer in at most 15 words: who are you?",
+        [("starts_with", "Hello"), ("max_words", 15)],
+    ),
+    (
+        "Give two facts about water as exactly 2 bullet points. Include the word 'liquid'.",
+        [("bullet_count", 2), ("includes", "liquid")],
+    ),
+    (
+        "Describe bread in at most 20 words. End your answer with 'Enjoy.'",
+        [("max_words", 20), ("ends_with", "Enjoy.")],
+    ),
+    (
+        "Write a sentence about cars in capital letters only and include the word 'FAST'.",
+        [("uppercase", None), ("includes", "FAST")],
+    ),
+    (
+        "Describe tea in lowercase, without commas, in at most 20 words.",
+        [("lowercase", None), ("no_comma", None), ("max_words", 20)],
+    ),
+    (
+        "List four countries as exactly 4 bullet points, without the word 'France'.",
+        [("bullet_count", 4), ("excludes", "France")],
+    ),
+    (
+        "Explain snow in at most 30 words, start with 'Snow' and end with 'Brr.'",
+        [("max_words", 30), ("starts_with", "Snow"), ("ends_with", "Brr.")],
+    ),
+    (
+        "Give a JSON object with a key 'animal'. Output only JSON and do not use the word 'dog'.",
+        [("json", None), ("excludes", "dog")],
+    ),
+    ("Tell me a joke. Your answer must include the word 'because'.", [("includes", "because")]),
+    ("Describe a mountain in fewer than 8 words.", [("max_words", 8)]),
+    ("Explain how to wash your hands, in lowercase letters only.", [("lowercase", None)]),
 ]
 
 

@@ -43,7 +43,14 @@ PAPER = "https://arxiv.org/abs/2508.17784"
 # change generation (the evaluation runs the fp32 weights).
 SECONDS_PER_TRAIN_TOKEN = 1 / 200
 SECONDS_PER_ANSWER = 0.5  # a greedy or sampled answer of up to 48 new tokens, batch 16
-SECONDS_PER_RUN = 20  # start-up and model load, the OOD sets and the entropy probe of one run
+SECONDS_PER_RUN = 20  # start-up and model load, the entropy probe and the OOD sets at SMALL_OOD's sizes
+# The OOD sets beyond SMALL_OOD's sizes, per item, from timing the base model on every item of
+# data/ood/ (data/ood/README.md: one thread, niced, shared machine): 64 IF answers of 48 tokens took
+# 35.6 s (0.56 s each, near SECONDS_PER_ANSWER), 208 multiple-choice questions 107.3 s, 64 drift rows
+# 42.2 s; each rate is its measured time per item times SECONDS_PER_ANSWER / 0.56.
+SECONDS_PER_MC_ITEM = 0.46  # four continuations scored by log-likelihood
+SECONDS_PER_DRIFT_ROW = 0.59  # one teacher-forced answer of up to 128 tokens
+OOD_ROWS = {"num_mc": 208, "num_drift": 64, "num_if": 64}  # the bundled sets: what a size of 0 means
 TOKENS_PER_ROW = 90  # prompt with chat template (59) and answer (31) of an arithmetic row
 # GRPO (TRL, fp32): one step of 2 prompts x 4 samples x 64 new tokens used 2.5 CPU-minutes on 2 cores,
 # about 0.15 s per sampled token once generation, the policy's scoring forward and backward are counted
@@ -101,20 +108,37 @@ class Budget:
             return (scoring["num_test"] + sampled * scoring["k"]) * SECONDS_PER_ANSWER
 
         train = self.train_rows * self.epochs * TOKENS_PER_ROW * SECONDS_PER_TRAIN_TOKEN
-        trained = train + self.epochs * self.scoring["num_dev"] * SECONDS_PER_ANSWER + SECONDS_PER_RUN
-        total = SECONDS_PER_RUN + test(self.scoring)  # the base model
+        fixed = SECONDS_PER_RUN + self.ood_seconds()
+        trained = train + self.epochs * self.scoring["num_dev"] * SECONDS_PER_ANSWER + fixed
+        total = fixed + test(self.scoring)  # the base model
         for objective in OBJECTIVES:
             runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (objective in self.rerun)
             total += runs * (trained + test(self.scoring_of(objective)))
         if self.rl:  # GRPO, then the evaluation of its model, from each selected checkpoint
             rl = GRPOSettings(**self.rl)
             sampled = rl.steps * rl.batch_size * rl.num_generations * rl.max_new_tokens
-            evaluated = SECONDS_PER_RUN + test(self.scoring)
+            evaluated = fixed + test(self.scoring)
             total += len(self.rl_from) * (sampled * SECONDS_PER_RL_TOKEN + evaluated)
         return total
 
+    def ood_seconds(self) -> float:
+        """What this budget's OOD sets cost beyond SMALL_OOD's, which SECONDS_PER_RUN already holds."""
+        return ood_cost(self.eval) - ood_cost(SMALL_OOD)
+
+
+def ood_cost(sizes: dict) -> float:
+    """Seconds of the OOD sets at ``sizes`` (EvalConfig overrides) by the per-item rates above; an IF
+    answer costs in proportion to its length."""
+    config = EvalConfig(**sizes)
+    rows = {name: getattr(config, name) or OOD_ROWS[name] for name in OOD_ROWS}
+    answers = rows["num_if"] * SECONDS_PER_ANSWER * config.if_max_new_tokens / 48
+    return answers + rows["num_mc"] * SECONDS_PER_MC_ITEM + rows["num_drift"] * SECONDS_PER_DRIFT_ROW
+
 
 SMALL_OOD = {"num_probe": 16, "num_mc": 48, "num_drift": 16, "num_if": 12, "if_max_new_tokens": 48}
+# every OOD probe of the standard study with >= 50 items (one item < 2 points): all 64 instructions and
+# IF prompts, 128 of the 208 multiple-choice questions (< 1 point each)
+STANDARD_OOD = {"num_probe": 16, "num_mc": 128, "num_drift": 64, "num_if": 64, "if_max_new_tokens": 48}
 BUDGETS = {
     "test": Budget(
         train_rows=16,
@@ -167,7 +191,7 @@ BUDGETS = {
         entropy_every=4,
         scoring={"num_dev": 32, "num_test": 256, "k": 2, "num_sampled": 32, "max_new_tokens": 48},
         peer_scoring={"num_test": 64, "num_sampled": 16},
-        eval=SMALL_OOD,
+        eval=STANDARD_OOD,
         lrs={"ce": (2e-5, 5e-5), "psft": (2e-5, 5e-5)},
         rl={"steps": 4, "batch_size": 2, "num_generations": 4, "max_new_tokens": 40, "lr": 1e-5},
         expected="under 90 minutes on 2 idle CPU cores (estimate below)",

@@ -185,8 +185,9 @@ def write_results(
         *budget_rows(),
         "",
         "The estimate is `Budget.estimate()`: (trained runs + 1) x (training tokens x "
-        "SECONDS_PER_TRAIN_TOKEN + generated answers x SECONDS_PER_ANSWER + SECONDS_PER_RUN), with the "
-        "rates measured on this machine (src/psft_lightning/study/budgets.py).",
+        "SECONDS_PER_TRAIN_TOKEN + generated answers x SECONDS_PER_ANSWER + SECONDS_PER_RUN + the OOD "
+        "sets beyond `smoke`'s sizes at per-item rates), with the rates measured on this machine "
+        "(src/psft_lightning/study/budgets.py).",
         "",
         "## The paper's own numbers",
         "",
