@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import StepLosses
+from test_packing import PAD, make_examples, tiny_module
 from tiny_run import arithmetic_data, tiny_fit_args
 
 from psft_lightning.callbacks import OldPolicy
@@ -24,25 +25,7 @@ from psft_lightning.errors import ConfigError
 from psft_lightning.models import PACKING_ATTENTION, check_packed_attention, tiny_model
 from psft_lightning.module import PSFTModule
 
-PAD = 258
 LENGTHS = [37, 5, 60, 22, 18, 41, 9, 64]
-
-
-def make_examples(lengths: list[int], seed: int = 0) -> list[Example]:
-    """Random token ids; the first third of each example is prompt (label -100)."""
-    g = torch.Generator().manual_seed(seed)
-    examples = []
-    for n in lengths:
-        ids = torch.randint(0, 256, (n,), generator=g).tolist()
-        prompt = max(1, n // 3)
-        examples.append(Example(ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
-    return examples
-
-
-def tiny_module(attn: str) -> PSFTModule:
-    module = PSFTModule(model="tiny", objective="ce", attn_implementation=attn)
-    module.configure_model()
-    return module
 
 
 def logprobs(module: PSFTModule, batch: dict) -> torch.Tensor:

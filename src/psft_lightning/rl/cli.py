@@ -55,30 +55,25 @@ def parser(prog: str, description: str, settings: type[TaskSettings], help: dict
 def grpo_main(args: list[str]) -> list[dict]:
     from psft_lightning.rl.grpo import run_grpo
 
-    ns = vars(
-        parser(
-            "psft grpo",
-            "GRPO (TRL's GRPOTrainer) with an exact-match reward on an exported model; writes OUT/model "
-            "(a Hugging Face directory) and OUT/grpo_log.jsonl (reward, entropy, length per step).",
-            GRPOSettings,
-            GRPO_HELP,
-        ).parse_args(args)
+    description = (
+        "GRPO (TRL's GRPOTrainer) with an exact-match reward on an exported model; writes OUT/model "
+        "(a Hugging Face directory) and OUT/grpo_log.jsonl (reward, entropy, length per step)."
     )
-    model, train_file, out = ns.pop("model"), ns.pop("train_file"), ns.pop("out")
-    return run_grpo(model, train_file, out, GRPOSettings(**ns))
+    return _run("psft grpo", description, GRPOSettings, GRPO_HELP, run_grpo, args)
 
 
 def dpo_main(args: list[str]) -> list[dict]:
     from psft_lightning.rl.dpo import run_dpo
 
-    ns = vars(
-        parser(
-            "psft dpo",
-            "DPO (TRL's DPOTrainer) on preference pairs from the model's own correct and incorrect samples; "
-            "writes OUT/model, OUT/dpo_pairs.jsonl and OUT/dpo_log.jsonl (loss, margin per step).",
-            DPOSettings,
-            DPO_HELP,
-        ).parse_args(args)
+    description = (
+        "DPO (TRL's DPOTrainer) on preference pairs from the model's own correct and incorrect samples; "
+        "writes OUT/model, OUT/dpo_pairs.jsonl and OUT/dpo_log.jsonl (loss, margin per step)."
     )
+    return _run("psft dpo", description, DPOSettings, DPO_HELP, run_dpo, args)
+
+
+def _run(prog: str, description: str, settings: type, help: dict, stage, args: list[str]) -> list[dict]:
+    """Parse ``args`` into ``settings`` and run ``stage(model, train_file, out, settings)``."""
+    ns = vars(parser(prog, description, settings, help).parse_args(args))
     model, train_file, out = ns.pop("model"), ns.pop("train_file"), ns.pop("out")
-    return run_dpo(model, train_file, out, DPOSettings(**ns))
+    return stage(model, train_file, out, settings(**ns))
