@@ -190,8 +190,14 @@ class CheckpointOnSignal(L.Callback):
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # before Lightning's teardown restores its own originals (on_fit_end runs after it): restoring later
+        # would re-install Lightning's handler, which holds the trainer, so every run in one process (the
+        # study) kept its models alive
         self._restore_handler()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handler()  # a fit that never trained (nothing left to train)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

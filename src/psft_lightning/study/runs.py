@@ -3,6 +3,7 @@ the CLI; the lr grid, the selection on dev and the re-runs at later seeds."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -172,6 +173,8 @@ def run(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
         clipped={"step": max(tables), "rows": tables[max(tables)]} if tables else {},
     )
     log.info("%s seed %d: selected %s, %.0f s", name, seed, record["selected"], seconds)
+    del cli, evaluation, clipped
+    gc.collect()  # the run's models are in reference cycles: free them before the next run loads its own
     return record
 
 

@@ -1,0 +1,29 @@
+"""A fit leaves the process's SIGTERM handler as it found it and keeps nothing of the run alive: the study
+runs many fits in one process, and a handler that held the trainer kept every run's models."""
+
+from __future__ import annotations
+
+import gc
+import signal
+import weakref
+
+from tiny_run import tiny_fit_args
+
+from psft_lightning.cli import run_cli
+
+
+def test_fit_restores_sigterm_and_a_later_fit_frees_the_earlier_one(tmp_path, arithmetic_files):
+    def before(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, before)
+    try:
+        cli = run_cli(["fit", *tiny_fit_args(tmp_path / "a", arithmetic_files, 1, "--data.max_length=192")])
+        trainer, policy = weakref.ref(cli.trainer), weakref.ref(cli.model.policy)
+        assert signal.getsignal(signal.SIGTERM) is before  # not Lightning's handler, which holds the trainer
+        del cli
+        run_cli(["fit", *tiny_fit_args(tmp_path / "b", arithmetic_files, 1, "--data.max_length=192")])
+        gc.collect()
+        assert trainer() is None and policy() is None  # runs in one process do not pile up
+    finally:
+        signal.signal(signal.SIGTERM, previous)
