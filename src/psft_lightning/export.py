@@ -144,6 +144,8 @@ def _forget_gguf(model: nn.Module) -> None:
 
 
 def write_model(model: nn.Module, tokenizer, directory: Path) -> None:
+    """``model`` as a plain Hugging Face directory: safetensors, config, generation config (EOS and pad
+    from ``tokenizer``) and the tokenizer with its chat template."""
     _forget_gguf(model)
     model.config.use_cache = True
     generation = model.generation_config
@@ -153,6 +155,7 @@ def write_model(model: nn.Module, tokenizer, directory: Path) -> None:
         generation.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(directory, safe_serialization=True)
     generation.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
 
 
 def export_checkpoint(
@@ -176,9 +179,9 @@ def export_checkpoint(
     try:
         if adapter_only:
             wrapper.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         else:
             write_model(wrapper.merge_and_unload() if wrapper is not None else policy, tokenizer, tmp)
-        tokenizer.save_pretrained(tmp)
         replace_path(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -61,7 +61,6 @@ def save_run(model: nn.Module, tokenizer, out_dir: Path, rows: list[dict], log_n
         log.warning("steps %s logged a non-finite value (see %s)", bad, out_dir / log_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_model(model, tokenizer, out_dir / MODEL_DIR)
-    tokenizer.save_pretrained(out_dir / MODEL_DIR)
     with open(out_dir / log_name, "w") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in rows)
     log.info("%d steps; model in %s, log in %s", len(rows), out_dir / MODEL_DIR, out_dir / log_name)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from psft_lightning.study.budgets import LABELS, Budget
-from psft_lightning.study.verdicts import METRICS, mean, paired
+from psft_lightning.study.verdicts import METRICS, after_rl, mean, paired
 
 CURVES = ("rl/reward", "rl/entropy")  # per GRPO step, from the TRL log
 
@@ -48,7 +48,7 @@ def rl_section(record: dict, budget: Budget, plots: list[str], page: Path) -> li
         "| " + " | ".join(header) + " |",
         "|---" * len(header) + "|",
     ]
-    after = {name: [run["after"]] for name, run in rl.items()}
+    after = after_rl(rl)
     for name, run in rl.items():
         start = record["chosen"][name][0]
         cells = [

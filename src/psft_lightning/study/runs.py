@@ -71,9 +71,9 @@ class RunPlan:
 def run_config(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     """<root>/configs/<objective>.yaml with the budget's overrides."""
     objective, lr, model, seed, out = plan.objective, plan.lr, plan.model, plan.seed, plan.out
+    name = plan.name
     with open(root / "configs" / OBJECTIVES[objective], encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
-    name = run_name(objective, lr)
     trainer = config["trainer"]
     trainer.pop("max_steps", None)
     trainer.update(

@@ -154,7 +154,6 @@ class SelectCheckpoint(L.Callback):
         self.write(pl_module, {k: self.best[k] for k in ("epoch", "step", "dev_accuracy")})
         if self.export_dir is not None:
             write_model(pl_module.policy, self._tokenizer, Path(self.export_dir))
-            self._tokenizer.save_pretrained(self.export_dir)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking:

@@ -124,11 +124,16 @@ def verdicts(record: dict) -> list[tuple[str, str, str]]:
     return claims
 
 
+def after_rl(rl: dict) -> dict[str, list[dict]]:
+    """The RL follow-up's evaluated records in the shape ``paired`` takes (one seed each)."""
+    return {name: [run["after"]] for name, run in rl.items()}
+
+
 def rl_claim(rl: dict) -> tuple[str, str, str]:
     """(5), the paper's RL claim: after the same GRPO, PSFT's start keeps more entropy and forgets less
     out of domain (drift decides; one seed, so 'yes' or 'no' only when entropy and drift agree)."""
     ce, psft = (rl[name]["after"]["metrics"] for name in ("ce", "psft"))
-    gap = paired({n: [rl[n]["after"]] for n in rl}, "psft", "test_greedy")
+    gap = paired(after_rl(rl), "psft", "test_greedy")
     better = [psft["eval/entropy"] > ce["eval/entropy"], psft["ood/drift_nll"] < ce["ood/drift_nll"]]
     shown = "yes" if all(better) else "no" if not any(better) else UNDECIDED
     return (
