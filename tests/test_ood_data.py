@@ -140,9 +140,10 @@ def test_standard_budget_reports_every_ood_probe_on_at_least_50_items():
 
 
 def test_ood_cost_is_items_times_rates_beyond_smoke():
-    # 64 IF answers x 0.5 s + 128 questions x 0.46 s + 64 drift rows x 0.59 s, less smoke's 12/48/16
-    assert ood_cost(BUDGETS["standard"].eval) == pytest.approx(32 + 58.88 + 37.76)
-    assert BUDGETS["standard"].ood_seconds() == pytest.approx(128.64 - (6 + 22.08 + 9.44))
+    # 64 IF answers x 0.33 s (batches of 64) + 128 questions x 0.46 s + 64 drift rows x 0.59 s, less
+    # smoke's 12 IF answers (batches of 16, 0.5 s), 48 questions and 16 drift rows
+    assert ood_cost(BUDGETS["standard"].eval) == pytest.approx(21.12 + 58.88 + 37.76)
+    assert BUDGETS["standard"].ood_seconds() == pytest.approx(117.76 - (6 + 22.08 + 9.44))
     assert BUDGETS["smoke"].ood_seconds() == 0
     # full: every item, IF answers of 128 tokens cost 128/48 of a 48-token one
     assert ood_cost(BUDGETS["full"].eval) == pytest.approx(64 * 0.5 * 128 / 48 + 208 * 0.46 + 64 * 0.59)

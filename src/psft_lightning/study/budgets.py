@@ -41,8 +41,11 @@ PAPER = "https://arxiv.org/abs/2508.17784"
 # about 10), a model load took 42-86 s and 4 answers of 8 tokens 37 s: contention, not the cost on
 # idle cores, so the idle rates are used. bf16-mixed speeds training up, if at all; it does not
 # change generation (the evaluation runs the fp32 weights).
-SECONDS_PER_TRAIN_TOKEN = 1 / 200
-SECONDS_PER_ANSWER = 0.5  # a greedy or sampled answer of up to 48 new tokens, batch 16
+# Timed again idle for the standard study (2026-12-02): bf16-mixed training ran at a median 352 training
+# tokens/s (SFT, batch 8 x 128), and 64 greedy answers of 48 new tokens took 27.0 s in batches of 16 and
+# 18.1 s in batches of 64 (the same answers): the rates per precision and per generation batch size.
+SECONDS_PER_TRAIN_TOKEN = {"32-true": 1 / 200, "bf16-mixed": 1 / 340}
+SECONDS_PER_ANSWER = {16: 0.5, 64: 0.33}  # a greedy or sampled answer of up to 48 new tokens, by batch
 SECONDS_PER_RUN = 20  # start-up and model load, the entropy probe and the OOD sets at SMALL_OOD's sizes
 # The OOD sets beyond SMALL_OOD's sizes, per item, from timing the base model on every item of
 # data/ood/ (data/ood/README.md: one thread, niced, shared machine): 64 IF answers of 48 tokens took
@@ -50,6 +53,13 @@ SECONDS_PER_RUN = 20  # start-up and model load, the entropy probe and the OOD s
 # 42.2 s; each rate is its measured time per item times SECONDS_PER_ANSWER / 0.56.
 SECONDS_PER_MC_ITEM = 0.46  # four continuations scored by log-likelihood
 SECONDS_PER_DRIFT_ROW = 0.59  # one teacher-forced answer of up to 128 tokens
+
+
+def answer_seconds(batch_size: int) -> float:
+    """SECONDS_PER_ANSWER of the largest measured batch size not above ``batch_size``."""
+    return SECONDS_PER_ANSWER[max([b for b in SECONDS_PER_ANSWER if b <= batch_size], default=16)]
+
+
 OOD_ROWS = {"num_mc": 208, "num_drift": 64, "num_if": 64}  # the bundled sets: what a size of 0 means
 TOKENS_PER_ROW = 90  # prompt with chat template (59) and answer (31) of an arithmetic row
 # GRPO (TRL, fp32): one step of 2 prompts x 4 samples x 64 new tokens used 2.5 CPU-minutes on 2 cores,
@@ -105,11 +115,12 @@ class Budget:
 
         def test(scoring: dict) -> float:
             sampled = scoring.get("num_sampled") or scoring["num_test"]
-            return (scoring["num_test"] + sampled * scoring["k"]) * SECONDS_PER_ANSWER
+            return (scoring["num_test"] + sampled * scoring["k"]) * answer
 
-        train = self.train_rows * self.epochs * TOKENS_PER_ROW * SECONDS_PER_TRAIN_TOKEN
+        answer = answer_seconds(self.scoring.get("batch_size", 16))
+        train = self.train_rows * self.epochs * TOKENS_PER_ROW * SECONDS_PER_TRAIN_TOKEN[self.precision]
         fixed = SECONDS_PER_RUN + self.ood_seconds()
-        trained = train + self.epochs * self.scoring["num_dev"] * SECONDS_PER_ANSWER + fixed
+        trained = train + self.epochs * self.scoring["num_dev"] * answer + fixed
         total = fixed + test(self.scoring)  # the base model
         for objective in OBJECTIVES:
             runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (objective in self.rerun)
@@ -131,14 +142,21 @@ def ood_cost(sizes: dict) -> float:
     answer costs in proportion to its length."""
     config = EvalConfig(**sizes)
     rows = {name: getattr(config, name) or OOD_ROWS[name] for name in OOD_ROWS}
-    answers = rows["num_if"] * SECONDS_PER_ANSWER * config.if_max_new_tokens / 48
+    answers = rows["num_if"] * answer_seconds(config.batch_size) * config.if_max_new_tokens / 48
     return answers + rows["num_mc"] * SECONDS_PER_MC_ITEM + rows["num_drift"] * SECONDS_PER_DRIFT_ROW
 
 
 SMALL_OOD = {"num_probe": 16, "num_mc": 48, "num_drift": 16, "num_if": 12, "if_max_new_tokens": 48}
 # every OOD probe of the standard study with >= 50 items (one item < 2 points): all 64 instructions and
 # IF prompts, 128 of the 208 multiple-choice questions (< 1 point each)
-STANDARD_OOD = {"num_probe": 16, "num_mc": 128, "num_drift": 64, "num_if": 64, "if_max_new_tokens": 48}
+STANDARD_OOD = {
+    "num_probe": 16,
+    "num_mc": 128,
+    "num_drift": 64,
+    "num_if": 64,
+    "if_max_new_tokens": 48,
+    "batch_size": 64,
+}
 BUDGETS = {
     "test": Budget(
         train_rows=16,
@@ -181,18 +199,26 @@ BUDGETS = {
         rerun=(),
         expected="under 20 minutes on 2 idle CPU cores (estimate below)",
     ),
-    "standard": Budget(
-        train_rows=72,
-        epochs=2,
+    "standard": Budget(  # sized by calibration runs of SFT/PSFT on this machine: see its docstring
+        train_rows=128,
+        epochs=3,
         batch_size=8,
         max_length=128,
-        refresh_every=4,
-        ce_warmup=2,
+        refresh_every=8,  # the paper's 8 updates per snapshot (global batch 64, mini-batch 8)
+        ce_warmup=8,
         entropy_every=4,
-        scoring={"num_dev": 32, "num_test": 256, "k": 2, "num_sampled": 32, "max_new_tokens": 48},
-        peer_scoring={"num_test": 64, "num_sampled": 16},
+        scoring={
+            "num_dev": 32,
+            "num_test": 256,
+            "k": 2,
+            "num_sampled": 32,
+            "max_new_tokens": 48,
+            "batch_size": 64,
+        },
+        peer_scoring={"num_test": 128, "num_sampled": 16},
         eval=STANDARD_OOD,
-        lrs={"ce": (2e-5, 5e-5), "psft": (2e-5, 5e-5)},
+        lrs={"ce": (1e-4, 3e-4), "psft": (1e-4, 3e-4)},
+        lr=2e-4,
         rl={"steps": 4, "batch_size": 2, "num_generations": 4, "max_new_tokens": 40, "lr": 1e-5},
         expected="under 90 minutes on 2 idle CPU cores (estimate below)",
     ),

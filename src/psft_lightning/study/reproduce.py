@@ -7,7 +7,7 @@ are chosen on a dev split; every claim is measured once, on a separate test spli
 with paired comparisons against SFT (McNemar, paired bootstrap) and the spread over seeds.
 
     psft study --budget smoke                  # <= 20 min on 2 CPU cores, from the repository
-    psft study --budget standard               # <= 50 min on 2 CPU cores: docs/results.md
+    psft study --budget standard               # <= 90 min on 2 CPU cores: docs/results.md
     psft study --budget full                   # GPU-sized
     psft study --train-file my/train.jsonl --dev-file my/dev.jsonl --test-file my/test.jsonl \\
         --prompt-field problem --completion-field solution --final-field answer \\
