@@ -47,6 +47,7 @@ PAPER = "https://arxiv.org/abs/2508.17784"
 SECONDS_PER_TRAIN_TOKEN = {"32-true": 1 / 200, "bf16-mixed": 1 / 340}
 SECONDS_PER_ANSWER = {16: 0.5, 64: 0.33}  # a greedy or sampled answer of up to 48 new tokens, by batch
 SECONDS_PER_RUN = 20  # start-up and model load, the entropy probe and the OOD sets at SMALL_OOD's sizes
+SECONDS_PER_PROBE_ROW = 0.175  # a periodic entropy probe: 16 rows took 2.5-4.0 s (fp32, the standard study)
 # The OOD sets beyond SMALL_OOD's sizes, per item, from timing the base model on every item of
 # data/ood/ (data/ood/README.md: one thread, niced, shared machine): 64 IF answers of 48 tokens took
 # 35.6 s (0.56 s each, near SECONDS_PER_ANSWER), 208 multiple-choice questions 107.3 s, 64 drift rows
@@ -120,7 +121,9 @@ class Budget:
         answer = answer_seconds(self.scoring.get("batch_size", 16))
         train = self.train_rows * self.epochs * TOKENS_PER_ROW * SECONDS_PER_TRAIN_TOKEN[self.precision]
         fixed = SECONDS_PER_RUN + self.ood_seconds()
-        trained = train + self.epochs * self.scoring["num_dev"] * answer + fixed
+        steps = self.train_rows * self.epochs // self.batch_size
+        probes = steps // self.entropy_every * EvalConfig(**self.eval).num_probe * SECONDS_PER_PROBE_ROW
+        trained = train + probes + self.epochs * self.scoring["num_dev"] * answer + fixed
         total = fixed + test(self.scoring)  # the base model
         for objective in OBJECTIVES:
             runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (objective in self.rerun)
@@ -148,10 +151,10 @@ def ood_cost(sizes: dict) -> float:
 
 SMALL_OOD = {"num_probe": 16, "num_mc": 48, "num_drift": 16, "num_if": 12, "if_max_new_tokens": 48}
 # every OOD probe of the standard study with >= 50 items (one item < 2 points): all 64 instructions and
-# IF prompts, 128 of the 208 multiple-choice questions (< 1 point each)
+# IF prompts, 100 of the 208 multiple-choice questions (1 point each)
 STANDARD_OOD = {
     "num_probe": 16,
-    "num_mc": 128,
+    "num_mc": 100,
     "num_drift": 64,
     "num_if": 64,
     "if_max_new_tokens": 48,
@@ -206,7 +209,7 @@ BUDGETS = {
         max_length=128,
         refresh_every=8,  # the paper's 8 updates per snapshot (global batch 64, mini-batch 8)
         ce_warmup=8,
-        entropy_every=4,
+        entropy_every=16,  # the probe once per epoch (train/entropy is logged every step)
         scoring={
             "num_dev": 32,
             "num_test": 256,
@@ -215,7 +218,7 @@ BUDGETS = {
             "max_new_tokens": 48,
             "batch_size": 64,
         },
-        peer_scoring={"num_test": 128, "num_sampled": 16},
+        peer_scoring={"num_test": 64, "num_sampled": 16},
         eval=STANDARD_OOD,
         lrs={"ce": (1e-4, 3e-4), "psft": (1e-4, 3e-4)},
         lr=2e-4,
