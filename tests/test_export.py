@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,8 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from psft_lightning.cli import main, run_cli
 from psft_lightning.errors import ConfigError
-from psft_lightning.export import export_checkpoint
-from psft_lightning.models import CHATML_TEMPLATE, load_model, load_tokenizer
+from psft_lightning.export import export_checkpoint, write_model
+from psft_lightning.models import CHATML_TEMPLATE, load_model, load_tokenizer, tiny_model, tiny_tokenizer
 
 TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
@@ -176,3 +177,21 @@ def test_export_replaces_a_non_empty_directory_only_with_overwrite(tmp_path):
     export_checkpoint(ckpt, out, overwrite=True)
     assert not (out / "keep.txt").exists()
     assert (logits(AutoModelForCausalLM.from_pretrained(out)) - logits(load_model("tiny"))).abs().max() < 1e-5
+
+
+def test_write_model_writes_a_plain_model_and_leaves_the_live_one_as_it_was(tmp_path):
+    # the study exports its live policy before the final OOD sets: they must see it unchanged
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    model.config.use_cache = False
+    model.generation_config.eos_token_id = model.generation_config.pad_token_id = None
+    gguf = SimpleNamespace(quantization_config=SimpleNamespace(quant_method="gguf"))
+    model.hf_quantizer, model.is_quantized = gguf, True
+    model.config.quantization_config = {"quant_method": "gguf"}
+    write_model(model, tokenizer, tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["use_cache"] is True and "quantization_config" not in written
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == tokenizer.eos_token_id
+    assert model.config.use_cache is False and model.config.quantization_config == {"quant_method": "gguf"}
+    assert model.generation_config.eos_token_id is None and model.generation_config.pad_token_id is None
+    assert model.hf_quantizer is gguf and model.is_quantized is True

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from psft_lightning.ops import TokenStats, chunked_logprobs, chunked_token_stats, naive_token_stats
+from psft_lightning.ops import (
+    TokenStats,
+    chunked_logprobs,
+    chunked_token_stats,
+    naive_logprobs,
+    naive_token_stats,
+)
 
 N, H, V = 10, 16, 50
 TOL = 1e-5
@@ -195,6 +201,18 @@ def test_logprobs_alone_equal_the_stats_logprobs_without_a_graph(chunk_size):
     assert torch.equal(alone, stats.logprobs.detach())  # bit-identical: PSFT's ratio is 1 at a refresh
     assert not alone.requires_grad
     assert close(alone, hand_stats(hidden, weight, targets)["logprobs"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_naive_logprobs_alone_equal_the_naive_stats_logprobs(dtype):
+    # the fallback path of pi_old's forward (heads with a bias or soft-capping): no entropy computed
+    hidden, weight, targets, *_ = make_problem(with_ref=False)
+    logits = (hidden @ weight.t()).to(dtype)
+    alone = naive_logprobs(logits, targets)
+    assert alone.dtype == torch.float32 and torch.equal(alone, naive_token_stats(logits, targets).logprobs)
+    assert close(
+        alone, hand_stats(hidden, weight, targets)["logprobs"], 1e-5 if dtype == torch.float32 else 5e-2
+    )
 
 
 def test_naive_stats_upcast_bf16_logits_to_fp32():

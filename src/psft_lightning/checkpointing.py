@@ -172,7 +172,8 @@ class CheckpointOnSignal(L.Callback):
         self.signum = signum
         self.received = False
         self.saved_path: str | None = None
-        self._previous: Any = None
+        self._original: Any = None  # the process's handler from before Lightning registered its own
+        self._installed = False
 
     def _handler(self, signum, frame) -> None:
         log.warning("received signal %d: saving a checkpoint at the end of this optimizer step", signum)
@@ -181,23 +182,24 @@ class CheckpointOnSignal(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = False
         self.saved_path = None
+        self._original = signal.getsignal(self.signum)  # Lightning registers its handler after this hook
 
     def _install(self) -> None:
         """Replace the handler Lightning registers after ``on_fit_start`` (once per fit)."""
-        if self._previous is None:
-            self._previous = signal.signal(self.signum, self._handler)
+        if not self._installed:
+            signal.signal(self.signum, self._handler)
+            self._installed = True
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()
 
+    # Every exit puts back the handler from before the fit, never Lightning's (which holds the trainer:
+    # re-installed, it kept every run of one process, the study, alive)
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # before Lightning's teardown restores its own originals (on_fit_end runs after it): restoring later
-        # would re-install Lightning's handler, which holds the trainer, so every run in one process (the
-        # study) kept its models alive
         self._restore_handler()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_handler()  # a fit that never trained (nothing left to train)
+        self._restore_handler()  # also a fit that installed but never trained (nothing left to train)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -205,9 +207,9 @@ class CheckpointOnSignal(L.Callback):
         self._restore_handler()
 
     def _restore_handler(self) -> None:
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
+        if self._installed:
+            signal.signal(self.signum, signal.SIG_DFL if self._original is None else self._original)
+            self._installed = False
 
     def last_path(self, trainer: L.Trainer) -> str:
         """Where ModelCheckpoint keeps ``last.ckpt`` (``<default_root_dir>/checkpoints`` without one)."""

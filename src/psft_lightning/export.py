@@ -11,6 +11,7 @@ the end, so a failure leaves ``out_dir`` as it was.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import pickle
@@ -145,17 +146,26 @@ def _forget_gguf(model: nn.Module) -> None:
 
 def write_model(model: nn.Module, tokenizer, directory: Path) -> None:
     """``model`` as a plain Hugging Face directory: safetensors, config, generation config (EOS and pad
-    from ``tokenizer``) and the tokenizer with its chat template."""
-    _forget_gguf(model)
-    model.config.use_cache = True
-    generation = model.generation_config
-    if generation.eos_token_id is None:
-        generation.eos_token_id = tokenizer.eos_token_id
-    if generation.pad_token_id is None:
-        generation.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(directory, safe_serialization=True)
-    generation.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    from ``tokenizer``) and the tokenizer with its chat template.
+
+    What is written is changed on copies: the model (a live policy, in the study) keeps its config,
+    generation config and GGUF flags."""
+    kept = {name: model.__dict__[name] for name in ("hf_quantizer", "is_quantized") if name in model.__dict__}
+    config, generation = model.config, model.generation_config
+    model.config, model.generation_config = copy.deepcopy(config), copy.deepcopy(generation)
+    try:
+        _forget_gguf(model)
+        model.config.use_cache = True
+        if model.generation_config.eos_token_id is None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+        if model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(directory, safe_serialization=True)
+        model.generation_config.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    finally:
+        model.config, model.generation_config = config, generation
+        model.__dict__.update(kept)
 
 
 def export_checkpoint(

@@ -7,6 +7,7 @@ from psft_lightning.ops.lm_head import (
     auto_chunk_size,
     chunked_logprobs,
     chunked_token_stats,
+    naive_logprobs,
     naive_token_stats,
 )
 from psft_lightning.ops.vocab import VocabFn, chunked_vocab_values, naive_vocab_values
@@ -19,6 +20,7 @@ __all__ = [
     "chunked_logprobs",
     "chunked_token_stats",
     "chunked_vocab_values",
+    "naive_logprobs",
     "naive_token_stats",
     "naive_vocab_values",
 ]

@@ -217,20 +217,29 @@ def chunked_logprobs(
     return logprobs
 
 
+def _log_softmax(logits: Tensor) -> Tensor:
+    """Full log-probabilities, accumulated in fp32 at least."""
+    return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+
+
+def naive_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+    """``naive_token_stats(...).logprobs`` alone (pi_old's forward needs nothing else)."""
+    return _log_softmax(logits).gather(1, targets[:, None]).squeeze(1)
+
+
 def naive_token_stats(
     logits: Tensor, targets: Tensor, ref_logits: Tensor | None = None, kl_direction: KLDirection = "reverse"
 ) -> TokenStats:
     """The same stats from full ``[N, V]`` logits (reference implementation, and fallback path)."""
     check_direction(kl_direction)
-    acc_dtype = torch.promote_types(logits.dtype, torch.float32)
-    logp = F.log_softmax(logits.to(acc_dtype), dim=-1)
+    logp = _log_softmax(logits)
     logprobs = logp.gather(1, targets[:, None]).squeeze(1)
     with torch.no_grad():
         entropy = -(logp.exp() * logp).sum(-1)
         correct = logits.argmax(-1) == targets
     ref_kl = None
     if ref_logits is not None:
-        logq = F.log_softmax(ref_logits.detach().to(acc_dtype), dim=-1)
+        logq = _log_softmax(ref_logits.detach())
         if kl_direction == "forward":
             ref_kl = (logq.exp() * (logq - logp)).sum(-1)
         else:

@@ -19,6 +19,7 @@ from psft_lightning.ops import (
     chunked_logprobs,
     chunked_token_stats,
     chunked_vocab_values,
+    naive_logprobs,
     naive_token_stats,
     naive_vocab_values,
 )
@@ -79,7 +80,7 @@ def token_logprobs(model: nn.Module, batch: dict, chunk_size: int | None = None)
     targets, mask, inputs = _loss_positions(batch)
     if not uses_plain_head(model):
         logits = model(**inputs, use_cache=False).logits[:, :-1][mask]
-        return naive_token_stats(logits, targets[mask]).logprobs
+        return naive_logprobs(logits, targets[mask])
     hidden = _final_hidden(model, inputs)[:, :-1][mask]
     _, head = backbone_and_head(model)  # read after the forward: FSDP2 has gathered the weight by then
     return chunked_logprobs(hidden, head.weight, targets[mask], chunk_size)
