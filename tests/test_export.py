@@ -195,3 +195,11 @@ def test_write_model_writes_a_plain_model_and_leaves_the_live_one_as_it_was(tmp_
     assert model.config.use_cache is False and model.config.quantization_config == {"quant_method": "gguf"}
     assert model.generation_config.eos_token_id is None and model.generation_config.pad_token_id is None
     assert model.hf_quantizer is gguf and model.is_quantized is True
+
+
+def test_write_model_leaves_no_gguf_flag_on_a_model_that_had_none_of_its_own(tmp_path):
+    model = tiny_model()
+    gguf = model.hf_quantizer = SimpleNamespace(quantization_config=SimpleNamespace(quant_method="gguf"))
+    assert "is_quantized" not in model.__dict__
+    write_model(model, tiny_tokenizer(), tmp_path)
+    assert "is_quantized" not in model.__dict__ and model.hf_quantizer is gguf

@@ -150,7 +150,8 @@ def write_model(model: nn.Module, tokenizer, directory: Path) -> None:
 
     What is written is changed on copies: the model (a live policy, in the study) keeps its config,
     generation config and GGUF flags."""
-    kept = {name: model.__dict__[name] for name in ("hf_quantizer", "is_quantized") if name in model.__dict__}
+    flags = ("hf_quantizer", "is_quantized")  # instance attributes _forget_gguf may set
+    kept = {name: model.__dict__[name] for name in flags if name in model.__dict__}
     config, generation = model.config, model.generation_config
     model.config, model.generation_config = copy.deepcopy(config), copy.deepcopy(generation)
     try:
@@ -165,6 +166,8 @@ def write_model(model: nn.Module, tokenizer, directory: Path) -> None:
         tokenizer.save_pretrained(directory)
     finally:
         model.config, model.generation_config = config, generation
+        for name in flags:
+            model.__dict__.pop(name, None)
         model.__dict__.update(kept)
 
 
