@@ -5,20 +5,45 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
+import psft_lightning.objectives as objectives_package
 from psft_lightning.evaluation import EvalConfig
+from psft_lightning.objectives import available_objectives, objective_class
 from psft_lightning.rl.settings import GRPOSettings
 
-OBJECTIVES = {
-    "ce": "sft.yaml",
-    "kl": "sft_kl.yaml",
-    "psft": "psft.yaml",
-    "psft_warmup": "psft_warmup.yaml",
-    "dft": "dft.yaml",
-    "asft": "asft.yaml",
-    "prob": "prob.yaml",
-    "gift": "gift.yaml",
-    "eaft": "eaft.yaml",
-}
+REFERENCE = "ce"  # the objective every claim is compared against: first in the study's order
+
+
+def study_objectives() -> list[str]:
+    """The objectives the study trains: every one the registry knows from this package (a third-party
+    plugin ships no config here), the reference first."""
+    names = [
+        name
+        for name in available_objectives()
+        if objective_class(name).__module__.startswith(f"{objectives_package.__name__}.")
+    ]
+    return sorted(names, key=lambda name: (name != REFERENCE, name))
+
+
+def objective_configs(root: Path) -> dict[str, Path]:
+    """Each study objective's shipped config under ``root``/configs: the one named after it, else the
+    one config that selects it (``sft.yaml`` trains ``ce``)."""
+    selecting: dict[str, list[Path]] = {}
+    for path in sorted((root / "configs").glob("*.yaml")):
+        spec = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model", {}).get("objective")
+        spec = spec.get("class_path") if isinstance(spec, dict) else spec
+        if isinstance(spec, str):
+            selecting.setdefault(objective_class(spec).name, []).append(path)
+    found = {}
+    for name in study_objectives():
+        paths = selecting.get(name, [])
+        named = [path for path in paths if path.stem == name]
+        if named or len(paths) == 1:
+            found[name] = (named or paths)[0]
+    return found
+
+
 LABELS = {
     "base": "base model",
     "ce": "SFT",
@@ -90,17 +115,21 @@ class Budget:
     lr: float | None = None
     peer_scoring: dict = field(default_factory=dict)  # Scoring overrides of objectives outside ``lrs``
     seeds: tuple[int, ...] = (0, 1)
-    rerun: tuple[str, ...] = ("ce", "psft")
+    rerun: tuple[str, ...] | None = ("ce", "psft")  # None: every objective
     precision: str = "bf16-mixed"
     model: str = "smollm2-135m-instruct"
     expected: str = ""
     rl: dict = field(default_factory=dict)  # GRPOSettings overrides of the RL follow-up; empty: none
     rl_from: tuple[str, ...] = ("ce", "psft")  # whose selected checkpoints (first seed) start GRPO
 
+    def reruns(self) -> tuple[str, ...]:
+        """The objectives re-run at every later seed."""
+        return tuple(study_objectives()) if self.rerun is None else self.rerun
+
     def runs(self) -> int:
         """Trained runs of the study (the base model's evaluation not counted)."""
-        grid = sum(len(self.lrs.get(name, (None,))) for name in OBJECTIVES)
-        return grid + len(self.rerun) * (len(self.seeds) - 1)
+        grid = sum(len(self.lrs.get(name, (None,))) for name in study_objectives())
+        return grid + len(self.reruns()) * (len(self.seeds) - 1)
 
     def scoring_of(self, objective: str | None) -> dict:
         """Scoring overrides of one objective (None: the base model, scored like the grid's)."""
@@ -125,8 +154,10 @@ class Budget:
         probes = steps // self.entropy_every * EvalConfig(**self.eval).num_probe * SECONDS_PER_PROBE_ROW
         trained = train + probes + self.epochs * self.scoring["num_dev"] * answer + fixed
         total = fixed + test(self.scoring)  # the base model
-        for objective in OBJECTIVES:
-            runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (objective in self.rerun)
+        for objective in study_objectives():
+            runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (
+                objective in self.reruns()
+            )
             total += runs * (trained + test(self.scoring_of(objective)))
         if self.rl:  # GRPO, then the evaluation of its model, from each selected checkpoint
             rl = GRPOSettings(**self.rl)
@@ -237,7 +268,7 @@ BUDGETS = {
         eval={"num_probe": 64},
         lrs={"ce": (1e-5, 2e-5, 5e-5), "psft": (5e-6, 2e-5, 5e-5), "psft_warmup": (2e-5, 5e-5)},
         seeds=(0, 1, 2),
-        rerun=tuple(OBJECTIVES),
+        rerun=None,
         expected="GPU-sized: about a day on 2 CPU cores (estimate below); not yet timed on a GPU",
     ),
 }
