@@ -50,6 +50,10 @@ def cycles() -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan), each sorted."""
     known = module_names()
     graph = {name: imported(name, path, known) for name, path in known.items()}
+    if f"{PACKAGE}.cli" in graph:  # psft's dispatch table imports each subcommand's module when it runs
+        from psft_lightning.cli import SUBCOMMANDS
+
+        graph[f"{PACKAGE}.cli"] |= {command.target.partition(":")[0] for command in SUBCOMMANDS.values()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from psft_lightning.errors import ConfigError, DataError
-from psft_lightning.study.budgets import BUDGETS, LABELS, study_objectives
+from psft_lightning.study.budgets import BUDGETS, LABELS
+from psft_lightning.study.objectives import study_objectives
 from psft_lightning.study.runs import RunPlan, epoch_file, run
 from psft_lightning.study.selection import Task, correct
 

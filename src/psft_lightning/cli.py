@@ -1,4 +1,5 @@
-"""The ``psft`` command: one entry point over the subcommands.
+"""The ``psft`` command: one entry point, dispatching fit/validate to ``fit.run_cli`` and the rest by
+``SUBCOMMANDS``.
 
 ``psft fit --config configs/psft.yaml`` trains and ``psft validate`` evaluates (``fit.run_cli``:
 LightningCLI over PSFTModule and PSFTDataModule); ``--print_config`` prints a complete runnable config.
@@ -10,8 +11,12 @@ Problems with the user's data or settings are printed as one paragraph, without 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from psft_lightning.checkpointing import PREEMPTED_EXIT_CODE, Preempted
 from psft_lightning.errors import PSFTError
@@ -32,16 +37,53 @@ def user_error(err: BaseException) -> PSFTError | None:
     return None
 
 
+@dataclass(frozen=True)
+class Subcommand:
+    """What ``psft --help`` says of a subcommand, and its function as ``module:name``, imported only when
+    it runs (optional packages such as trl and lm-eval stay unloaded otherwise)."""
+
+    help: str
+    target: str
+
+    def function(self) -> Callable[[list[str]], Any]:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+# Adding a subcommand is one row here: a function main(argv) whose parser is commands.command_parser.
+SUBCOMMANDS = {
+    "export": Subcommand(
+        "write a checkpoint as a Hugging Face model directory: psft export CHECKPOINT OUT_DIR",
+        "psft_lightning.export:export_main",
+    ),
+    "objectives": Subcommand(
+        "list every objective, plugins included, with its hyper-parameters",
+        "psft_lightning.objectives.catalog:objectives_main",
+    ),
+    "study": Subcommand(
+        "the reproduction study of the PSFT paper's claims, with its results page",
+        "psft_lightning.study.reproduce:main",
+    ),
+    "plot": Subcommand("draw TensorBoard runs as PNG comparison plots", "psft_lightning.study.plots:main"),
+    "grpo": Subcommand(
+        "GRPO (TRL) with an exact-match reward on an exported model: psft grpo --model DIR ...",
+        "psft_lightning.rl.cli:grpo_main",
+    ),
+    "dpo": Subcommand(
+        "DPO (TRL) on pairs of a model's own correct/incorrect samples: psft dpo --model DIR ...",
+        "psft_lightning.rl.cli:dpo_main",
+    ),
+    "eval": Subcommand(
+        "score a checkpoint or model with lm-eval: psft eval CHECKPOINT_OR_DIR --tasks psft",
+        "psft_lightning.harness:eval_main",
+    ),
+}
+
+
 COMMANDS = {
     "fit": "train: psft fit --config configs/psft.yaml",
     "validate": "evaluate a checkpoint on the validation data",
-    "export": "write a checkpoint as a Hugging Face model directory: psft export CHECKPOINT OUT_DIR",
-    "objectives": "list every objective, plugins included, with its hyper-parameters",
-    "study": "the reproduction study of the PSFT paper's claims, with its results page",
-    "plot": "draw TensorBoard runs as PNG comparison plots",
-    "grpo": "GRPO (TRL) with an exact-match reward on an exported model: psft grpo --model DIR ...",
-    "dpo": "DPO (TRL) on pairs of a model's own correct/incorrect samples: psft dpo --model DIR ...",
-    "eval": "score a checkpoint or model with lm-eval: psft eval CHECKPOINT_OR_DIR --tasks psft",
+    **{name: command.help for name, command in SUBCOMMANDS.items()},
 }
 DESCRIPTION = (
     "Fine-tune a causal LM with SFT (ce), SFT-KL (kl), PSFT (psft), PSFT with warm-up (psft_warmup) or "
@@ -57,34 +99,9 @@ def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv[:1] == ["export"]:
-            from psft_lightning.export import export_main
-
-            export_main(argv[1:])
-        elif argv[:1] == ["objectives"]:
-            from psft_lightning.objectives.catalog import objectives_main
-
-            objectives_main(argv[1:])
-        elif argv[:1] == ["study"]:
-            from psft_lightning.study.reproduce import main as study_main
-
-            study_main(argv[1:])
-        elif argv[:1] == ["eval"]:
-            from psft_lightning.harness import eval_main
-
-            eval_main(argv[1:])
-        elif argv[:1] == ["plot"]:
-            from psft_lightning.study.plots import main as plot_main
-
-            plot_main(argv[1:])
-        elif argv[:1] == ["grpo"]:
-            from psft_lightning.rl.cli import grpo_main
-
-            grpo_main(argv[1:])
-        elif argv[:1] == ["dpo"]:
-            from psft_lightning.rl.cli import dpo_main
-
-            dpo_main(argv[1:])
+        command = SUBCOMMANDS.get(argv[0]) if argv else None
+        if command is not None:
+            command.function()(argv[1:])
         else:
             rewritten = rewrite_objective_names(argv)
             if args is None and rewritten != argv:

@@ -21,7 +21,8 @@ from psft_lightning.callbacks import ClippedTokens, GenerationEval, OldPolicy
 from psft_lightning.data.sources import read_rows
 from psft_lightning.fit import run_from_config
 from psft_lightning.rl import GRPOSettings, run_grpo
-from psft_lightning.study.budgets import Budget, eval_config, objective_configs, study_objectives
+from psft_lightning.study.budgets import Budget, eval_config
+from psft_lightning.study.objectives import objective_configs, study_objectives
 from psft_lightning.study.selection import Scoring, Task
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,11 @@ def measure(budget_name: str, budget: Budget, task: Task, model: str, runs_dir: 
     base = run(RunPlan("ce", None, model, first, out), budget, task, root)
     grid: dict[str, list[dict]] = {}
     chosen: dict[str, list[dict]] = {}
-    for objective in study_objectives():
+    configs = objective_configs(root)
+    skipped = [name for name in study_objectives() if name not in configs]
+    if skipped:
+        log.warning("no config under %s/configs selects %s: not in the study", root, ", ".join(skipped))
+    for objective in configs:
         lrs = budget.lrs.get(objective) or (budget.lr or config_lr(objective, root),)
         export = bool(budget.rl) and objective in budget.rl_from
         plans = [RunPlan(objective, lr, model, first, out, export) for lr in lrs]
