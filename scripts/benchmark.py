@@ -297,7 +297,7 @@ def build_module(case: dict, spec: dict, args):
         with torch.no_grad():  # a reference that differs, so the KL and its gradient are not trivial
             for p in module.reference.parameters():
                 p.mul_(1.01)
-    old = module.hold_old_policy("snapshot") if objectives & {"psft", "kl"} else None
+    old = module.make_old_policy("snapshot") if objectives & {"psft", "kl"} else None
     if old is not None:
         old.refresh(0, lambda: ())
     return module, old
@@ -311,13 +311,12 @@ def vocab_reverse_kl(logits, ref_logits, targets):
 
 def naive_stats(module, batch):
     """The full-logits path: ``[tokens, vocab]`` logits, fp32 log-softmax, gather."""
+    from psft_lightning.data.batch import Batch
     from psft_lightning.ops import naive_token_stats
 
-    targets = batch["labels"][:, 1:]
-    mask = targets != -100
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    logits = module.policy(**inputs, use_cache=False).logits[:, :-1][mask]
-    return naive_token_stats(logits, targets[mask])
+    batch = Batch.of(batch)
+    logits = module.policy(**batch.model_inputs(), use_cache=False).logits[:, :-1][batch.loss_mask]
+    return naive_token_stats(logits, batch.loss_targets)
 
 
 def run_ours(case: dict, spec: dict, args) -> list[dict]:
@@ -394,6 +393,7 @@ def run_ours(case: dict, spec: dict, args) -> list[dict]:
 def variant_step(module, old, variant: dict, batch: dict):
     """The variant's forward as a function returning the loss (None for a forward timed alone): the
     module's own training micro-batch at step 1 (pi_old refreshed at 0), or the naive / plugin heads."""
+    from psft_lightning.data.batch import Batch
     from psft_lightning.objectives import Needs, ObjectiveInputs, build_objective
     from psft_lightning.step import train_micro_batch
 
@@ -406,7 +406,7 @@ def variant_step(module, old, variant: dict, batch: dict):
     if kind not in ("naive", "vocab"):
         policy, reference, chunk = module.policy, module.reference_model(), module.chunk_size
         return lambda: train_micro_batch(objective, policy, reference, old, batch, 1, 1, 0, chunk).output.loss
-    n_loss = float((batch["labels"][:, 1:] != -100).sum())
+    n_loss = float(Batch.of(batch).num_loss_tokens)
     needs = Needs(vocab_fn=vocab_reverse_kl, vocab_ref=True) if kind == "vocab" else objective.needs()
 
     def forward():

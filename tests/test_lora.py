@@ -65,7 +65,7 @@ def test_psft_lora_trains_the_adapters_only_and_lowers_the_loss(tmp_path, arithm
 def test_lora_old_policy_is_an_adapter_snapshot_with_ratio_one_on_refresh():
     module = lora_module()
     module.policy.train()
-    old = module.hold_old_policy("snapshot")
+    old = module.make_old_policy("snapshot")
     assert isinstance(old.model, AdapterSnapshot)
     assert set(old.model.state_dict()) == {n for n, p in module.policy.named_parameters() if p.requires_grad}
     batch = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS), "labels": IDS}

@@ -56,12 +56,46 @@ def test_objective_inputs_carry_only_what_is_declared():
     )
     bare = objective_inputs(stats, Needs(), step=5, num_tokens=8.0)
     assert bare.entropy is None and bare.old_logprobs is None and bare.step == 5 and bare.num_tokens == 8.0
-    full = objective_inputs(stats, Needs(entropy=True, old_policy_from=0), 5, 8.0, None)  # refresh step
-    assert torch.equal(full.entropy, stats.entropy) and torch.equal(full.old_logprobs, stats.logprobs)
-    served = objective_inputs(stats, Needs(old_policy_from=0), 1, 2, torch.tensor([-3.0, -4.0]))
-    assert served.old_logprobs.tolist() == [-3.0, -4.0]
-    early = objective_inputs(stats, Needs(old_policy_from=6), 5, 8.0, torch.tensor([-3.0, -4.0]))
-    assert early.old_logprobs is None  # before warm-up
+    assert bare.mask.tolist() == [True, True]  # the step's tokens are the loss positions: all count
+    full = objective_inputs(stats, Needs(entropy=True, old_policy_from=0), 5, 8.0, torch.tensor([-3.0, -4.0]))
+    assert torch.equal(full.entropy, stats.entropy) and full.old_logprobs.tolist() == [-3.0, -4.0]
+
+
+class CountingOld:
+    """pi_old that records what the step asked and answers a fixed tensor."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def serve(self, batch, step: int):
+        self.asked.append(step)
+        return lambda own: torch.full_like(own, -3.0)
+
+
+@pytest.mark.parametrize(("step", "asked"), [(5, []), (6, [6]), (7, [7])])
+def test_the_step_asks_pi_old_from_old_policy_from_on(step, asked):
+    from psft_lightning.models import tiny_model
+    from psft_lightning.objectives import PSFTWarmup
+    from psft_lightning.step.train import train_micro_batch
+
+    batch = {"input_ids": torch.tensor([[1, 2, 3]]), "labels": torch.tensor([[-100, 2, 3]])}
+    old = CountingOld()
+    torch.manual_seed(0)
+    result = train_micro_batch(PSFTWarmup(warmup_steps=6), tiny_model(), None, old, batch, step, 1, 0)
+    assert old.asked == asked
+    assert ("psft/ratio" in result.output.tokens) == bool(asked)
+
+
+def test_pi_old_answers_the_policys_own_logprobs_on_its_refresh_step():
+    from torch import nn
+
+    from psft_lightning.policies import LookaheadOldPolicy
+
+    old = LookaheadOldPolicy(nn.Linear(1, 1), lambda model, batch: torch.zeros(0))
+    old.refresh(4, coming=lambda: ())
+    own = torch.tensor([-1.0, -2.0], requires_grad=True)
+    served = old.serve({"labels": torch.tensor([[-100, 1, 2]])}, 4)(own)
+    assert served.tolist() == [-1.0, -2.0] and not served.requires_grad
 
 
 def test_a_step_that_needs_pi_old_without_one_fails():

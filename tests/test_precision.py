@@ -44,7 +44,7 @@ def test_unset_precision_is_chosen_with_one_log_line(
     tmp_path, arithmetic_files, monkeypatch, caplog, flags, expected
 ):
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: flags)
-    with caplog.at_level(logging.INFO, logger="psft_lightning.cli"):
+    with caplog.at_level(logging.INFO, logger="psft_lightning.fit"):
         assert fit_precision(tmp_path, arithmetic_files, "--trainer.precision=null") == expected
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision:")]
     assert len(lines) == 1 and lines[0].startswith(f"precision: {expected} (")
@@ -52,6 +52,6 @@ def test_unset_precision_is_chosen_with_one_log_line(
 
 def test_a_set_precision_is_kept(tmp_path, arithmetic_files, monkeypatch, caplog):
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["amx_bf16"])
-    with caplog.at_level(logging.INFO, logger="psft_lightning.cli"):
+    with caplog.at_level(logging.INFO, logger="psft_lightning.fit"):
         assert fit_precision(tmp_path, arithmetic_files) == "32-true"  # tiny.yaml sets 32-true
     assert not [r for r in caplog.records if r.getMessage().startswith("precision:")]

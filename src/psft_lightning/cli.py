@@ -1,168 +1,28 @@
-"""The ``psft`` command: LightningCLI over PSFTModule and PSFTDataModule.
+"""The ``psft`` command: one entry point, dispatching fit/validate to ``fit.run_cli`` and the rest by
+``SUBCOMMANDS``.
 
-``psft fit --config configs/psft.yaml`` trains; ``--print_config`` prints a complete runnable config.
+``psft fit --config configs/psft.yaml`` trains and ``psft validate`` evaluates (``fit.run_cli``:
+LightningCLI over PSFTModule and PSFTDataModule); ``--print_config`` prints a complete runnable config.
 ``psft export <checkpoint> <out_dir>`` writes a trained checkpoint as a Hugging Face model directory;
 ``psft objectives`` lists the objectives, ``psft study`` runs the reproduction study, ``psft plot``
 draws runs' curves, ``psft grpo`` and ``psft dpo`` run GRPO and DPO on an exported model.
-Every run writes checkpoints atomically and saves ``last.ckpt`` when it is stopped with SIGTERM, and
-its TensorBoard logger gets the Dashboard (custom-scalars layout, HPARAMS) and no ``hp_metric`` placeholder.
 Problems with the user's data or settings are printed as one paragraph, without a traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-import os
 import sys
-import warnings
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from psft_lightning.checkpointing import PREEMPTED_EXIT_CODE, Preempted
+from psft_lightning.errors import PSFTError
+from psft_lightning.fit import rewrite_objective_names, run_cli
 
-from psft_lightning.callbacks.dashboard import Dashboard, without_hp_metric
-from psft_lightning.checkpointing import (
-    PREEMPTED_EXIT_CODE,
-    CheckpointOnSignal,
-    Preempted,
-    use_atomic_checkpoints,
-)
-from psft_lightning.data import PSFTDataModule
-from psft_lightning.data.hub import is_hub
-from psft_lightning.errors import ConfigError, PSFTError
-from psft_lightning.module import PSFTModule
-from psft_lightning.objectives import available_objectives, objective_class
-from psft_lightning.precision import auto_precision, precision_line
-from psft_lightning.resume import resolve_checkpoint
-
-log = logging.getLogger(__name__)
-
-
-class PSFTArgumentParser(LightningArgumentParser):
-    """Adds what to write instead to jsonargparse's message for hyper-parameters of a bare name."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        if "objective" in message and "NestedArg" in message:
-            message += OBJECTIVE_ARGS_HINT
-        return super().error(message, ex)
-
-
-OBJECTIVE_ARGS_HINT = (
-    "\nAn objective given by its registered name (objective: kl) takes no init_args in a config file. "
-    "To set its hyper-parameters give its class: objective: {class_path: psft_lightning.objectives.KL, "
-    "init_args: {beta: 0.2}}; on the command line --model.objective kl --model.objective.init_args.beta 0.2 "
-    "works as written. `psft fit --print_config` shows the class paths."
-)
-
-
-class PSFTCLI(LightningCLI):
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        """``fit`` and ``validate`` only: the module has no test or predict step."""
-        kept = ("fit", "validate")
-        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in kept}
-
-    def add_arguments_to_parser(self, parser) -> None:
-        # the tokenizer always matches the model being trained
-        parser.link_arguments("model.model", "data.tokenizer")
-
-    def before_instantiate_classes(self) -> None:
-        available_objectives()  # import entry-point plugins so their classes resolve by class_path
-        if self.subcommand:  # a command runs now (``run=False`` only builds the objects)
-            cfg = self.config[self.subcommand]
-            check_data_paths(cfg)
-            resolve_checkpoint(cfg, fitting=self.subcommand == "fit")
-            choose_precision(cfg)
-
-    def _parse_ckpt_path(self) -> None:
-        """Keep the run's own config with ``--ckpt_path``: Lightning would re-parse the checkpoint's
-        hyper-parameters as model arguments, and they also hold records that are not arguments
-        (``objective_name``), so resume and validate failed. PSFTModule.on_load_checkpoint refuses a
-        checkpoint of another objective or model instead."""
-
-    def instantiate_trainer(self, **kwargs):
-        try:
-            trainer = super().instantiate_trainer(**kwargs)
-        except (ValueError, MisconfigurationException) as err:
-            if "gpu" not in str(err).lower():  # only a strategy that needs GPUs this machine lacks
-                raise
-            raise ConfigError(f"trainer.strategy cannot run on this machine: {err}. {SHARDING_HINT}") from err
-        if self._get(self.config_init, "trainer", default={}).get("logger") in (None, True):
-            without_hp_metric(trainer)
-        check_backend(trainer.strategy)
-        use_atomic_checkpoints(trainer)
-        return trainer
-
-
-SHARDING_HINT = (
-    "Lightning's FSDPStrategy and the NCCL backend need CUDA GPUs; on CPU (or to test a sharded run "
-    "here) use strategy psft_lightning.strategies.FSDP2Strategy, which runs FSDP2 over gloo."
-)
-
-
-def check_backend(strategy) -> None:
-    """Fail before any process is launched when the strategy's collective backend cannot run here."""
-    backend = getattr(strategy, "process_group_backend", None)
-    if backend is None:
-        return
-    if not torch.distributed.is_available():
-        raise ConfigError(
-            f"trainer.strategy {type(strategy).__name__} needs torch.distributed, which this PyTorch build "
-            "lacks; install a PyTorch build with distributed support or train on one device"
-        )
-    if "nccl" in str(backend) and not (torch.cuda.is_available() and torch.distributed.is_nccl_available()):
-        raise ConfigError(
-            f"trainer.strategy {type(strategy).__name__} asks for process_group_backend {backend!r}, "
-            f"which needs CUDA GPUs and a PyTorch build with NCCL; this machine has none. {SHARDING_HINT}"
-        )
-
-
-def choose_precision(cfg) -> None:
-    """An unset ``trainer.precision`` becomes bf16-mixed where the hardware has bf16 units, else fp32."""
-    if cfg.trainer.get("precision") is not None:
-        return
-    cfg.trainer.precision, reason = auto_precision(cfg.trainer.get("accelerator"))
-    log.info(precision_line(cfg.trainer.precision, reason))
-
-
-def check_data_paths(cfg) -> None:
-    """Relative data paths resolve from the working directory (as on the command line); a missing one is
-    explained at once, with where it exists relative to a ``--config`` file's folders, if anywhere."""
-    configs = [Path(getattr(path, "absolute", path)) for path in cfg.get("config") or []]
-    for key in ("train_files", "val_files"):
-        paths = cfg.data.get(key) or []
-        for path in [paths] if isinstance(paths, str) else paths:
-            if is_hub(path) or Path(path).is_absolute() or Path(path).exists():
-                continue
-            near = [
-                folder
-                for config in configs
-                for folder in (config.parent, *config.parent.parents)
-                if (folder / path).exists()
-            ]
-            hint = f"; it exists under {near[0]}: run psft from there, or give the full path" if near else ""
-            raise ConfigError(
-                f"data.{key}: {path} not found. Relative paths resolve from the working directory "
-                f"({os.getcwd()}), not from the config file{hint}"
-            )
-
-
-def rewrite_objective_names(argv: list[str]) -> list[str]:
-    """``--model.objective kl`` becomes the class path of ``kl``, so ``--model.objective.init_args.*``
-    (a short name with hyper-parameters) applies to it as it would to ``class_path``."""
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg.startswith("--model.objective="):
-            name, prefix = arg.split("=", 1)[1], "--model.objective="
-        elif arg == "--model.objective" and i + 1 < len(out):
-            name, prefix, i = out[i + 1], "", i + 1
-        else:
-            continue
-        if name in available_objectives():
-            cls = objective_class(name)
-            out[i] = f"{prefix}{cls.__module__}.{cls.__qualname__}"
-    return out
+__all__ = ["main", "run_cli"]
 
 
 def user_error(err: BaseException) -> PSFTError | None:
@@ -177,34 +37,53 @@ def user_error(err: BaseException) -> PSFTError | None:
     return None
 
 
-def run_cli(args: list[str] | None = None, run: bool = True) -> PSFTCLI:
-    """Parse ``args`` (default: the command line), build the run and execute its subcommand
-    (with ``run=False`` only build it: ``args`` then has no subcommand)."""
-    for pattern in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-    return PSFTCLI(
-        PSFTModule,
-        PSFTDataModule,
-        seed_everything_default=0,
-        parser_class=PSFTArgumentParser,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": DESCRIPTION, "usage": f"psft {{{','.join(COMMANDS)}}} ..."},
-        trainer_defaults={"callbacks": [CheckpointOnSignal(), Dashboard()]},
-        args=args,
-        run=run,
-    )
+@dataclass(frozen=True)
+class Subcommand:
+    """What ``psft --help`` says of a subcommand, and its function as ``module:name``, imported only when
+    it runs (optional packages such as trl and lm-eval stay unloaded otherwise)."""
+
+    help: str
+    target: str
+
+    def function(self) -> Callable[[list[str]], Any]:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+# Adding a subcommand is one row here: a function main(argv) whose parser is commands.command_parser.
+SUBCOMMANDS = {
+    "export": Subcommand(
+        "write a checkpoint as a Hugging Face model directory: psft export CHECKPOINT OUT_DIR",
+        "psft_lightning.export:export_main",
+    ),
+    "objectives": Subcommand(
+        "list every objective, plugins included, with its hyper-parameters",
+        "psft_lightning.objectives.catalog:objectives_main",
+    ),
+    "study": Subcommand(
+        "the reproduction study of the PSFT paper's claims, with its results page",
+        "psft_lightning.study.reproduce:main",
+    ),
+    "plot": Subcommand("draw TensorBoard runs as PNG comparison plots", "psft_lightning.study.plots:main"),
+    "grpo": Subcommand(
+        "GRPO (TRL) with an exact-match reward on an exported model: psft grpo --model DIR ...",
+        "psft_lightning.rl.cli:grpo_main",
+    ),
+    "dpo": Subcommand(
+        "DPO (TRL) on pairs of a model's own correct/incorrect samples: psft dpo --model DIR ...",
+        "psft_lightning.rl.cli:dpo_main",
+    ),
+    "eval": Subcommand(
+        "score a checkpoint or model with lm-eval: psft eval CHECKPOINT_OR_DIR --tasks psft",
+        "psft_lightning.harness:eval_main",
+    ),
+}
 
 
 COMMANDS = {
     "fit": "train: psft fit --config configs/psft.yaml",
     "validate": "evaluate a checkpoint on the validation data",
-    "export": "write a checkpoint as a Hugging Face model directory: psft export CHECKPOINT OUT_DIR",
-    "objectives": "list every objective, plugins included, with its hyper-parameters",
-    "study": "the reproduction study of the PSFT paper's claims, with its results page",
-    "plot": "draw TensorBoard runs as PNG comparison plots",
-    "grpo": "GRPO (TRL) with an exact-match reward on an exported model: psft grpo --model DIR ...",
-    "dpo": "DPO (TRL) on pairs of a model's own correct/incorrect samples: psft dpo --model DIR ...",
-    "eval": "score a checkpoint or model with lm-eval: psft eval CHECKPOINT_OR_DIR --tasks psft",
+    **{name: command.help for name, command in SUBCOMMANDS.items()},
 }
 DESCRIPTION = (
     "Fine-tune a causal LM with SFT (ce), SFT-KL (kl), PSFT (psft), PSFT with warm-up (psft_warmup) or "
@@ -212,14 +91,7 @@ DESCRIPTION = (
     + "; ".join(f"{name}: {what}" for name, what in COMMANDS.items())
     + ". psft SUBCOMMAND --help describes each."
 )
-
-QUIET_WARNINGS = (
-    # the frozen KL reference and old-policy snapshot are submodules kept in eval mode on purpose
-    r".*module\(s\) in eval mode.*",
-    # StepBatches resumes from the trainer's optimizer step, not from a dataloader state_dict
-    r".*dataloader is not resumable.*",
-    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
-)
+USAGE = f"psft {{{','.join(COMMANDS)}}} ..."
 
 
 def main(args: list[str] | None = None) -> None:
@@ -227,39 +99,15 @@ def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv[:1] == ["export"]:
-            from psft_lightning.export import export_main
-
-            export_main(argv[1:])
-        elif argv[:1] == ["objectives"]:
-            from psft_lightning.objectives.catalog import objectives_main
-
-            objectives_main(argv[1:])
-        elif argv[:1] == ["study"]:
-            from psft_lightning.study.reproduce import main as study_main
-
-            study_main(argv[1:])
-        elif argv[:1] == ["eval"]:
-            from psft_lightning.harness import eval_main
-
-            eval_main(argv[1:])
-        elif argv[:1] == ["plot"]:
-            from psft_lightning.study.plots import main as plot_main
-
-            plot_main(argv[1:])
-        elif argv[:1] == ["grpo"]:
-            from psft_lightning.rl.cli import grpo_main
-
-            grpo_main(argv[1:])
-        elif argv[:1] == ["dpo"]:
-            from psft_lightning.rl.cli import dpo_main
-
-            dpo_main(argv[1:])
+        command = SUBCOMMANDS.get(argv[0]) if argv else None
+        if command is not None:
+            command.function()(argv[1:])
         else:
             rewritten = rewrite_objective_names(argv)
             if args is None and rewritten != argv:
                 sys.argv[1:] = rewritten
-            run_cli(None if args is None else rewritten)  # None: LightningCLI warns when given sys.argv
+            # None: LightningCLI warns when given sys.argv
+            run_cli(None if args is None else rewritten, description=DESCRIPTION, usage=USAGE)
     except Preempted as stop:
         print(f"psft: {stop}", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)

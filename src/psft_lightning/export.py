@@ -10,7 +10,6 @@ the end, so a failure leaves ``out_dir`` as it was.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from psft_lightning.checkpointing import replace_path
+from psft_lightning.commands import command_parser
 from psft_lightning.errors import ConfigError
 from psft_lightning.lora import apply_lora, lora_settings
 from psft_lightning.models import load_model, load_tokenizer
@@ -204,7 +204,7 @@ def export_checkpoint(
 
 def export_main(args: list[str]) -> Path:
     """``psft export <checkpoint> <out_dir> [--overwrite] [--adapter-only]``."""
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="psft export",
         description="Write a training checkpoint (single file or sharded directory) as a Hugging Face "
         "model directory: safetensors, config, generation config and tokenizer with its chat template.",

@@ -8,7 +8,6 @@ never downloads a model. Needs the ``eval`` extra: ``pip install -e ".[eval]"``.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import logging
@@ -17,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from psft_lightning.commands import command_parser
 from psft_lightning.errors import ConfigError
 from psft_lightning.evaluation.suite import EvalConfig
 from psft_lightning.export import SHARDED_METADATA, read_checkpoint, rebuild_policy
@@ -128,7 +128,7 @@ def write_results(results: dict[str, Any], out: str | Path) -> Path:
 def eval_main(args: list[str]) -> dict[str, Any]:
     """``psft eval CHECKPOINT_OR_DIR --tasks ... [--limit N] [--batch-size B] [--out results.json]``; returns
     lm-eval's results."""
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="psft eval",
         description="Score a model with lm-eval: a .ckpt (or sharded checkpoint directory) of psft fit, a "
         "directory written by psft export, a .gguf file or a model name (smollm2-135m-instruct). The "

@@ -4,11 +4,14 @@ which objective it runs nor how pi_old is held."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from psft_lightning.callbacks.defaults import default_callbacks
+from psft_lightning.callbacks.old_policy import held_by
 from psft_lightning.compiled import compile_layers
 from psft_lightning.errors import ConfigError
 from psft_lightning.lora import LoraSettings, lora_settings, settings_dict
@@ -94,8 +97,6 @@ class PSFTModule(L.LightningModule):
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None  # the frozen initial model, for a KL
         self.old_policy: nn.Module | None = None  # the FSDP2 snapshot, a submodule for sharded checkpoints
-        self.old: OldPolicyModel | None = None  # pi_old, held by the OldPolicy callback's mode
-        self.old_policy_mode: Mode = "snapshot"  # set by the OldPolicy callback before configure_model
         self.step_metrics = StepMetrics()
         self.val_metrics: ValidationMetrics | None = None
         self.run_state = RunState()
@@ -109,7 +110,8 @@ class PSFTModule(L.LightningModule):
         needs = self.objective.needs()
         if self._trainer is not None:
             check_strategy(self.trainer.strategy, self.hparams.objective_name, needs.old_policy)
-        snapshot = needs.old_policy and self.old_policy_mode == "snapshot"
+        callback = held_by(self._trainer)  # its mode decides whether pi_old is a sharded weight copy
+        snapshot = needs.old_policy and (callback is None or callback.mode == "snapshot")
         twins = build_twins(self.settings, self.device_mesh, needs.reference, snapshot)
         self.policy, self.reference, self.old_policy = twins.policy, twins.reference, twins.old_policy
         if self.hparams.compile:
@@ -117,10 +119,17 @@ class PSFTModule(L.LightningModule):
                 if model is not None:
                     compile_layers(model)
 
-    def hold_old_policy(self, mode: Mode) -> OldPolicyModel:
-        """pi_old held as ``mode`` says (the OldPolicy callback's), starting from the current policy."""
-        self.old = build_old_policy(mode, self.policy, self.old_policy, self.lora is not None, self._logprobs)
-        return self.old
+    def make_old_policy(self, mode: Mode) -> OldPolicyModel:
+        """A new pi_old held as ``mode`` says, starting from the current policy; the OldPolicy callback
+        keeps it. Its forward is the step's, at this run's chunks."""
+        forward = partial(token_logprobs, chunk_size=self.chunk_size)
+        return build_old_policy(mode, self.policy, self.old_policy, self.lora is not None, forward)
+
+    @property
+    def old(self) -> OldPolicyModel | None:
+        """pi_old as the run's OldPolicy callback holds it (None before fit start or when unused)."""
+        callback = held_by(self._trainer)
+        return callback.old if callback is not None else None
 
     def reference_model(self) -> nn.Module | None:
         """The frozen initial model for KL; under LoRA the policy itself, run with adapters disabled."""
@@ -131,10 +140,6 @@ class PSFTModule(L.LightningModule):
     ) -> TokenStats:
         """Per-token statistics at the batch's loss positions (``step.token_stats``), this run's chunks."""
         return token_stats(model, batch, reference, needs or NO_NEEDS, self.chunk_size)
-
-    def _logprobs(self, model: nn.Module, batch: dict) -> Tensor:
-        """pi_old's forward: log-probs only (no entropy, accuracy or graph), this run's chunks."""
-        return token_logprobs(model, batch, self.chunk_size)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 import lightning as L
 import torch
 
+from psft_lightning.data.batch import Batch
 from psft_lightning.errors import ConfigError
 
 TAG = "psft/clipped_tokens"
@@ -50,9 +51,8 @@ class ClippedTokens(L.Callback):
             self._log(trainer, step + 1)
 
     @torch.no_grad()
-    def _add(self, batch: dict, clipped: torch.Tensor, ratio: torch.Tensor) -> None:
-        targets = batch["labels"][:, 1:]
-        ids = targets[targets != -100]
+    def _add(self, batch: Batch | dict, clipped: torch.Tensor, ratio: torch.Tensor) -> None:
+        ids = Batch.of(batch).loss_targets  # the order of the objective's per-token tensors
         for token, r in zip(ids[clipped].tolist(), ratio[clipped].tolist(), strict=True):
             self.counts[token] += 1
             self.ratio_sums[token] += r

@@ -1,10 +1,12 @@
-"""OldPolicy: when pi_old is refreshed, every N optimizer steps, and which way it is held.
+"""OldPolicy: the one owner of pi_old. It holds it, refreshes it every N optimizer steps, and saves it.
 
-pi_old itself is ``policies.old_policy`` (a weight snapshot or a lookahead cache behind one interface);
-the step asks it for old log-probs. This callback owns the schedule only: the refresh steps, the
-steps each pi_old serves, and for ``lookahead`` the batches of those steps, taken from the data
-module's deterministic plan. Both modes give the same losses; objectives that never need an old
-policy cost nothing.
+pi_old itself is ``policies.old_policy`` (a weight snapshot or a lookahead cache behind one interface),
+made by ``PSFTModule.make_old_policy`` from the module's models at fit start and kept here alone; the
+module reads it back (``PSFTModule.old``) to hand it to the step, which asks it for old log-probs. The
+callback never writes into the module: the module asks it which ``mode`` to build a sharded snapshot
+for (``held_by``). Its schedule: the refresh steps, the steps each pi_old serves, and for
+``lookahead`` the batches of those steps, taken from the data module's deterministic plan. Both modes
+give the same losses; objectives that never need an old policy cost nothing.
 """
 
 from __future__ import annotations
@@ -59,24 +61,21 @@ class OldPolicy(L.Callback):
     def last_refresh_step(self) -> int | None:
         return self.old.refreshed_at if self.old is not None else None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        pl_module.old_policy_mode = self.mode  # before configure_model, which builds an FSDP2 snapshot
-
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not pl_module.objective.needs().old_policy:
             return
-        self.old = pl_module.hold_old_policy(self.mode)
+        self.old = pl_module.make_old_policy(self.mode)
         if self._restored is not None:
             self._apply(self._restored)
         self._restored = None
 
     def is_due(self, step: int, start: int) -> bool:
+        """Whether pi_old is refreshed before step ``step``; ``start`` is the objective's first step that
+        uses it (``Needs.old_policy_from``), before which it never is."""
         last = self.last_refresh_step
-        if last == step:
+        if step < start or last == step:
             return False
-        if last is None:
-            return True
-        return step >= start and (step - start) % self.refresh_every_n_steps == 0
+        return last is None or (step - start) % self.refresh_every_n_steps == 0
 
     def served_steps(self, step: int, start: int) -> range:
         """The steps after refresh ``step`` that this pi_old serves, up to the next refresh. Not cut at
@@ -89,10 +88,10 @@ class OldPolicy(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        needs = pl_module.objective.needs()
+        start = pl_module.objective.needs().old_policy_from
         step = trainer.global_step
-        if self.active and needs.old_logprobs_at(step) and self.is_due(step, needs.old_policy_from):
-            served = self.served_steps(step, needs.old_policy_from)
+        if self.active and self.is_due(step, start):
+            served = self.served_steps(step, start)
             # the precision of the training step: bf16-mixed log-probs on both sides of PSFT's ratio
             with trainer.precision_plugin.train_step_context():
                 self.old.refresh(step, lambda: self._batches(trainer, pl_module, served))
@@ -134,6 +133,12 @@ class OldPolicy(L.Callback):
             self._apply(state_dict)
         else:
             self._restored = state_dict
+
+
+def held_by(trainer: L.Trainer | None) -> OldPolicy | None:
+    """The run's OldPolicy callback (None without a trainer, or when the run has none)."""
+    callbacks = getattr(trainer, "callbacks", None) or ()  # a bare stand-in trainer has none
+    return next((c for c in callbacks if isinstance(c, OldPolicy)), None)
 
 
 NOTHING_HELD = {

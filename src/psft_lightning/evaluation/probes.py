@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from psft_lightning.data.batch import Batch
 from psft_lightning.data.collate import collate
-from psft_lightning.data.formats import IGNORE_INDEX, Example
+from psft_lightning.data.formats import Example
 from psft_lightning.evaluation.subject import ScoreFn
 from psft_lightning.ops import TokenStats
 
@@ -36,9 +37,10 @@ def batched_stats(
     """``score`` per micro-batch, with how many of the flat tokens belong to each example."""
     device = next(model.parameters()).device
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], PAD_ID).items()}
-        counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1).tolist()
-        yield score(model, batch), counts
+        batch = Batch.of(
+            {k: v.to(device) for k, v in collate(examples[start : start + batch_size], PAD_ID).items()}
+        )
+        yield score(model, batch), batch.loss_tokens_per_row()
 
 
 @torch.no_grad()

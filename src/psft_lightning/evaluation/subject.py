@@ -8,9 +8,10 @@ from typing import Any
 
 from torch import nn
 
+from psft_lightning.data.batch import Batch
 from psft_lightning.ops import TokenStats
 
-ScoreFn = Callable[[nn.Module, dict], TokenStats]  # per-token statistics of a batch at its loss positions
+ScoreFn = Callable[[nn.Module, Batch], TokenStats]  # per-token statistics of a batch at its loss positions
 
 
 @dataclass

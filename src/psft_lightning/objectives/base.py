@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from psft_lightning.errors import ConfigError
@@ -31,16 +32,26 @@ ENTRY_POINT_GROUP = "psft_lightning.objectives"
 
 @dataclass
 class ObjectiveInputs:
-    """Per-token tensors of one micro-batch, all of the same shape, aligned with ``mask``."""
+    """Per-token tensors of one micro-batch, all of the same shape.
+
+    The step gives them flat, one entry per loss position of the batch (``data.batch.Batch``), so every
+    entry counts and ``mask`` is left out (all True). ``mask`` is for a caller that lays the tokens out
+    otherwise, e.g. padded ``[rows, length]`` as the objectives' unit tests do: False entries are
+    ignored by every objective's loss and metrics.
+    """
 
     logprobs: Tensor
-    mask: Tensor
+    mask: Tensor | None = None
     step: int = 0
     num_tokens: float | Tensor | None = None
     old_logprobs: Tensor | None = None
     ref_kl: Tensor | None = None
     entropy: Tensor | None = None
     vocab: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask is None:
+            self.mask = torch.ones_like(self.logprobs, dtype=torch.bool)
 
 
 @dataclass

@@ -3,10 +3,10 @@ hyper-parameters and declared needs, so users can pick one without reading the s
 
 from __future__ import annotations
 
-import argparse
 import inspect
 from dataclasses import dataclass
 
+from psft_lightning.commands import command_parser
 from psft_lightning.objectives.base import available_objectives, objective_class
 
 
@@ -58,7 +58,7 @@ def catalog() -> list[Entry]:
 
 
 def objectives_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="psft objectives",
         description="List every registered objective: select one with --model.objective=NAME, or with "
         "its class path and init_args to set hyper-parameters.",

@@ -1,10 +1,14 @@
 """pi_old, the policy PSFT's ratio is taken against, as one object with one interface.
 
-``logprobs(batch, step)`` gives pi_old's log-probs of a micro-batch's loss tokens, or None on the step
-pi_old was refreshed at (pi_old is then the policy itself, so the step uses the policy's own detached
-log-probs and runs no extra forward). ``refresh(step, coming)`` makes the current policy pi_old. Plain
-PyTorch: when to refresh is the OldPolicy callback's business, and nothing else knows which way pi_old
-is held:
+``serve(batch, step)`` is the step's one question, asked before the policy's forward: pi_old's
+log-probs of a micro-batch's loss tokens, as a function of the policy's own (always a tensor). On the
+step pi_old was refreshed at, pi_old is the policy itself, so they are the policy's own log-probs,
+detached, and no extra forward runs; that case is decided here, inside ``serve``, from what the held
+form's ``logprobs`` reports. ``refresh(step, coming)``
+makes the current policy pi_old. Plain PyTorch: the forward that turns a model and a batch into
+log-probs is given by whoever builds pi_old (``step.token_logprobs`` at the run's chunk size, as
+evaluation is given its scoring function), when to refresh is the OldPolicy callback's business, and
+nothing else knows which way pi_old is held:
 
 - ``SnapshotOldPolicy``: a frozen copy of the weights (an FSDP2 twin sharded like the policy, or under
   LoRA a copy of the adapter tensors only), run on each later micro-batch;
@@ -20,13 +24,17 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from psft_lightning.data.batch import Batch
 from psft_lightning.lora import AdapterSnapshot
 from psft_lightning.policies.twins import frozen
 from psft_lightning.sharding import copy_local_shards, gathered, is_sharded, per_rank, sharded_like, this_rank
 
 Mode = Literal["snapshot", "lookahead"]
-LogprobsFn = Callable[[nn.Module, dict], Tensor]  # (model, batch) -> log-probs at the loss positions
-Coming = Callable[[], Iterable[tuple[tuple[int, int], dict]]]  # ((step, micro-batch), batch) of served steps
+LogprobsFn = Callable[[nn.Module, Batch], Tensor]  # (model, batch) -> log-probs at the loss positions
+Served = Callable[[Tensor], Tensor]  # the policy's log-probs at the loss positions -> pi_old's
+Coming = Callable[
+    [], Iterable[tuple[tuple[int, int], Batch | dict]]
+]  # ((step, micro-batch), batch) of served steps
 
 
 class OldPolicyModel:
@@ -45,7 +53,17 @@ class OldPolicyModel:
         self.refreshed_at = step
         self.refreshes += 1
 
-    def logprobs(self, batch: dict, step: int) -> Tensor | None:
+    def serve(self, batch: Batch | dict, step: int) -> Served:
+        """pi_old's log-probs at ``batch``'s loss positions at optimizer ``step``, as a function of the
+        policy's own there: its held ones, or on the step pi_old was refreshed at (pi_old is the policy
+        then) the policy's own, detached, with no extra forward. Asked before the policy's forward,
+        inside which a LoRA adapter swap must not run."""
+        held = self.logprobs(batch, step)
+        return (lambda own: own.detach()) if held is None else (lambda own: held)
+
+    def logprobs(self, batch: Batch | dict, step: int) -> Tensor | None:
+        """What the held form gives at ``step``: None on the refresh step, where it holds nothing
+        apart from the policy. Only ``serve`` reads it."""
         raise NotImplementedError
 
     def _refresh(self, coming: Coming) -> None:
@@ -76,7 +94,7 @@ class SnapshotOldPolicy(OldPolicyModel):
             old.copy_(current[key])
 
     @torch.no_grad()
-    def logprobs(self, batch: dict, step: int) -> Tensor | None:
+    def logprobs(self, batch: Batch | dict, step: int) -> Tensor | None:
         if step == self.refreshed_at:
             return None
         if isinstance(self.model, AdapterSnapshot):
@@ -117,20 +135,20 @@ class LookaheadOldPolicy(OldPolicyModel):
                 self.policy.reshard()
         self.policy.train(was_training)
 
-    def logprobs(self, batch: dict, step: int) -> Tensor | None:
+    def logprobs(self, batch: Batch | dict, step: int) -> Tensor | None:
         last_step, last_micro = self._micro
         self._micro = (step, last_micro + 1 if last_step == step else 0)
         if step == self.refreshed_at:
             return None
         micro = self._micro[1]
         old = self.cache.pop((step, micro), None)
-        n_loss = int((batch["labels"][:, 1:] != -100).sum())
-        if old is None or old.numel() != n_loss:
+        batch = Batch.of(batch)
+        if old is None or old.numel() != batch.num_loss_tokens:
             raise RuntimeError(
                 f"OldPolicy lookahead has no old log-probs for step {step}, micro-batch {micro} "
                 f"(cached: {sorted(self.cache)[:4]}...): the loader did not follow the data module's plan"
             )
-        return old.to(batch["labels"].device)
+        return old.to(batch.labels.device)
 
     def state_dict(self) -> dict[str, Any]:
         # under several processes each rank caches its own micro-batches; rank 0 alone writes this state

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from psft_lightning.commands import command_parser
 from psft_lightning.rl.settings import DPOSettings, GRPOSettings, TaskSettings
 
 HELP = {
@@ -37,7 +38,7 @@ DPO_HELP = {
 
 
 def parser(prog: str, description: str, settings: type[TaskSettings], help: dict[str, str]):
-    out = argparse.ArgumentParser(prog=prog, description=description)
+    out = command_parser(prog, description)
     out.add_argument("--model", required=True, type=Path, help="a model directory written by psft export")
     out.add_argument("--train-file", required=True, type=Path, help="JSONL of prompts with gold answers")
     out.add_argument("--out", required=True, type=Path, help="the directory to write")
@@ -76,4 +77,5 @@ def _run(prog: str, description: str, settings: type, help: dict, stage, args: l
     """Parse ``args`` into ``settings`` and run ``stage(model, train_file, out, settings)``."""
     ns = vars(parser(prog, description, settings, help).parse_args(args))
     model, train_file, out = ns.pop("model"), ns.pop("train_file"), ns.pop("out")
+    ns.pop("config", None)
     return stage(model, train_file, out, settings(**ns))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from psft_lightning.data.formats import IGNORE_INDEX
+from psft_lightning.data.batch import Batch
 from psft_lightning.lora import adapters_disabled
 from psft_lightning.models import backbone_and_head, uses_plain_head
 from psft_lightning.objectives import Needs, ObjectiveInputs
@@ -31,14 +31,15 @@ NO_NEEDS = Needs()
 
 def token_stats(
     model: nn.Module,
-    batch: dict,
+    batch: Batch | dict,
     reference: nn.Module | None = None,
     needs: Needs = NO_NEEDS,
     chunk_size: int | None = None,
 ) -> TokenStats:
     """Log-probs, entropy and accuracy at the batch's loss positions; with ``reference`` also the KL in
     ``needs.ref_kl``'s direction (reverse when it is None), and ``needs.vocab_fn``'s values."""
-    targets, mask, inputs = _loss_positions(batch)
+    batch = Batch.of(batch)
+    targets, mask, inputs = batch.targets, batch.loss_mask, batch.model_inputs()
     direction = needs.ref_kl or "reverse"
     # a reference given without a declaration gets the reverse KL; one for a vocabulary function only, none
     with_kl = reference is not None and (needs.ref_kl is not None or needs.vocab_fn is None)
@@ -74,23 +75,17 @@ def token_stats(
 
 
 @torch.no_grad()
-def token_logprobs(model: nn.Module, batch: dict, chunk_size: int | None = None) -> Tensor:
+def token_logprobs(model: nn.Module, batch: Batch | dict, chunk_size: int | None = None) -> Tensor:
     """Log-probs alone at the batch's loss positions, no graph: pi_old's (and a lookahead's) forward.
     The same numbers as ``token_stats(...).logprobs`` with the same ``chunk_size``."""
-    targets, mask, inputs = _loss_positions(batch)
+    batch = Batch.of(batch)
+    targets, mask, inputs = batch.targets, batch.loss_mask, batch.model_inputs()
     if not uses_plain_head(model):
         logits = model(**inputs, use_cache=False).logits[:, :-1][mask]
         return naive_logprobs(logits, targets[mask])
     hidden = _final_hidden(model, inputs)[:, :-1][mask]
     _, head = backbone_and_head(model)  # read after the forward: FSDP2 has gathered the weight by then
     return chunked_logprobs(hidden, head.weight, targets[mask], chunk_size)
-
-
-def _loss_positions(batch: dict) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """Next-token targets, the loss-position mask over them, and the model inputs of a batch."""
-    targets = batch["labels"][:, 1:]
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    return targets, targets != IGNORE_INDEX, inputs
 
 
 def _vocab_chunk(chunk_size: int | None) -> int | None:
@@ -101,16 +96,13 @@ def _vocab_chunk(chunk_size: int | None) -> int | None:
 def objective_inputs(
     stats: TokenStats, needs: Needs, step: int, num_tokens, old_logprobs: Tensor | None = None
 ) -> ObjectiveInputs:
-    """The objective's inputs at optimizer ``step``: the declared statistics, and pi_old's log-probs
-    when the step uses them (None there means a refresh step: pi_old is the policy itself)."""
-    if needs.old_logprobs_at(step) and old_logprobs is None:
-        old_logprobs = stats.logprobs.detach()  # refresh step: the snapshot equals the policy
+    """The objective's inputs at optimizer ``step``: the declared statistics and ``old_logprobs``
+    (pi_old's, given by the step when ``needs.old_logprobs_at(step)``)."""
     return ObjectiveInputs(
         stats.logprobs,
-        torch.ones_like(stats.logprobs, dtype=torch.bool),
         step=step,
         num_tokens=num_tokens,
-        old_logprobs=old_logprobs if needs.old_logprobs_at(step) else None,
+        old_logprobs=old_logprobs,
         ref_kl=stats.ref_kl,
         entropy=stats.entropy if needs.entropy else None,
         vocab=stats.vocab,

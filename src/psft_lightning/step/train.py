@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from psft_lightning.data.batch import Batch
 from psft_lightning.errors import DataError
 from psft_lightning.objectives import Objective, ObjectiveOutput
 from psft_lightning.policies import OldPolicyModel
@@ -31,7 +32,7 @@ def train_micro_batch(
     policy: nn.Module,
     reference: nn.Module | None,
     old: OldPolicyModel | None,
-    batch: dict,
+    batch: Batch | dict,
     step: int,
     steps_scale: int,
     batch_idx: int,
@@ -40,13 +41,14 @@ def train_micro_batch(
     """Run ``objective`` on ``batch`` at optimizer ``step``; ``steps_scale`` is how many micro-batches
     share the step (accumulation x ranks), for a data module that gives no step token count."""
     needs = objective.needs()
-    old_logprobs = None
-    if needs.old_logprobs_at(step):
+    batch = Batch.of(batch)
+    served = None
+    if needs.old_logprobs_at(step):  # the one place that asks
         if old is None:
             raise RuntimeError(
                 "the objective needs old-policy log-probs but no OldPolicy callback holds pi_old"
             )
-        old_logprobs = old.logprobs(batch, step)
+        served = old.serve(batch, step)  # before the policy's forward (a LoRA snapshot swaps weights)
     stats = token_stats(policy, batch, reference if needs.reference else None, needs, chunk_size)
     n_local = stats.logprobs.numel()
     if n_local == 0:
@@ -55,9 +57,10 @@ def train_micro_batch(
             "the loss would be NaN. "
             "Every example needs at least one response token within max_length."
         )
-    num_tokens = batch.get("step_loss_tokens")
+    num_tokens = batch.step_loss_tokens
     if num_tokens is None:  # a user's own datamodule: fall back to a per-micro-batch token-mean
         num_tokens = float(n_local * steps_scale)
+    old_logprobs = served(stats.logprobs) if served is not None else None
     out = objective(objective_inputs(stats, needs, step, num_tokens, old_logprobs))
     denom = torch.as_tensor(num_tokens, dtype=torch.float32, device=stats.logprobs.device)
     metrics = {
@@ -65,17 +68,8 @@ def train_micro_batch(
         "train/loss": out.loss.detach(),
         "train/entropy": stats.entropy.sum() / denom,
         "train/token_accuracy": stats.correct.sum() / denom,
-        "perf/step_tokens": input_tokens(batch),
+        "perf/step_tokens": batch.input_tokens(),
     }
     if "train/nll" not in metrics:  # every objective's curve has the comparable cross-entropy
         metrics["train/nll"] = -stats.logprobs.detach().sum() / denom
     return StepResult(out, metrics)
-
-
-def input_tokens(batch: dict) -> Tensor:
-    """Real (non-padding) input tokens of a micro-batch, for tokens/s."""
-    if "num_input_tokens" in batch:
-        return batch["num_input_tokens"].float()
-    if "attention_mask" in batch:
-        return batch["attention_mask"].sum().float()
-    return torch.tensor(float(batch["input_ids"].numel()))

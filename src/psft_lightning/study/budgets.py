@@ -7,30 +7,30 @@ from pathlib import Path
 
 from psft_lightning.evaluation import EvalConfig
 from psft_lightning.rl.settings import GRPOSettings
+from psft_lightning.study.objectives import study_objectives
 
-OBJECTIVES = {
-    "ce": "sft.yaml",
-    "kl": "sft_kl.yaml",
-    "psft": "psft.yaml",
-    "psft_warmup": "psft_warmup.yaml",
-    "dft": "dft.yaml",
-    "asft": "asft.yaml",
-    "prob": "prob.yaml",
-    "gift": "gift.yaml",
-    "eaft": "eaft.yaml",
-}
-LABELS = {
-    "base": "base model",
-    "ce": "SFT",
-    "kl": "SFT-KL",
-    "psft": "PSFT",
-    "psft_warmup": "PSFT (warm-up)",
-    "dft": "DFT",
-    "asft": "ASFT",
-    "prob": "Prob",
-    "gift": "GIFT",
-    "eaft": "EAFT",
-}
+
+class Labels(dict):
+    """How the results page names an objective; one without a label here shows its registered name."""
+
+    def __missing__(self, name: str) -> str:
+        return name
+
+
+LABELS = Labels(
+    {
+        "base": "base model",
+        "ce": "SFT",
+        "kl": "SFT-KL",
+        "psft": "PSFT",
+        "psft_warmup": "PSFT (warm-up)",
+        "dft": "DFT",
+        "asft": "ASFT",
+        "prob": "Prob",
+        "gift": "GIFT",
+        "eaft": "EAFT",
+    }
+)
 PAPER = "https://arxiv.org/abs/2508.17784"
 
 # Rates on this project's 2-core CPU machine, idle (SmolLM2-135M, fp32): the `smoke` study page before
@@ -90,17 +90,21 @@ class Budget:
     lr: float | None = None
     peer_scoring: dict = field(default_factory=dict)  # Scoring overrides of objectives outside ``lrs``
     seeds: tuple[int, ...] = (0, 1)
-    rerun: tuple[str, ...] = ("ce", "psft")
+    rerun: tuple[str, ...] | None = ("ce", "psft")  # None: every objective
     precision: str = "bf16-mixed"
     model: str = "smollm2-135m-instruct"
     expected: str = ""
     rl: dict = field(default_factory=dict)  # GRPOSettings overrides of the RL follow-up; empty: none
     rl_from: tuple[str, ...] = ("ce", "psft")  # whose selected checkpoints (first seed) start GRPO
 
+    def reruns(self) -> tuple[str, ...]:
+        """The objectives re-run at every later seed."""
+        return tuple(study_objectives()) if self.rerun is None else self.rerun
+
     def runs(self) -> int:
         """Trained runs of the study (the base model's evaluation not counted)."""
-        grid = sum(len(self.lrs.get(name, (None,))) for name in OBJECTIVES)
-        return grid + len(self.rerun) * (len(self.seeds) - 1)
+        grid = sum(len(self.lrs.get(name, (None,))) for name in study_objectives())
+        return grid + len(self.reruns()) * (len(self.seeds) - 1)
 
     def scoring_of(self, objective: str | None) -> dict:
         """Scoring overrides of one objective (None: the base model, scored like the grid's)."""
@@ -125,8 +129,10 @@ class Budget:
         probes = steps // self.entropy_every * EvalConfig(**self.eval).num_probe * SECONDS_PER_PROBE_ROW
         trained = train + probes + self.epochs * self.scoring["num_dev"] * answer + fixed
         total = fixed + test(self.scoring)  # the base model
-        for objective in OBJECTIVES:
-            runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (objective in self.rerun)
+        for objective in study_objectives():
+            runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (
+                objective in self.reruns()
+            )
             total += runs * (trained + test(self.scoring_of(objective)))
         if self.rl:  # GRPO, then the evaluation of its model, from each selected checkpoint
             rl = GRPOSettings(**self.rl)
@@ -237,7 +243,7 @@ BUDGETS = {
         eval={"num_probe": 64},
         lrs={"ce": (1e-5, 2e-5, 5e-5), "psft": (5e-6, 2e-5, 5e-5), "psft_warmup": (2e-5, 5e-5)},
         seeds=(0, 1, 2),
-        rerun=tuple(OBJECTIVES),
+        rerun=None,
         expected="GPU-sized: about a day on 2 CPU cores (estimate below); not yet timed on a GPU",
     ),
 }

@@ -90,7 +90,7 @@ def budget_rows() -> list[str]:
         grid = "; ".join(f"{LABELS[o]} {', '.join(f'{lr:g}' for lr in lrs)}" for o, lrs in b.lrs.items())
         lines.append(
             f"| `{name}` | {b.train_rows} x {b.epochs} | {b.batch_size} | {grid} | "
-            f"{', '.join(map(str, b.seeds))} ({', '.join(LABELS[o] for o in b.rerun) or 'none'}) | "
+            f"{', '.join(map(str, b.seeds))} ({', '.join(LABELS[o] for o in b.reruns()) or 'none'}) | "
             f"{b.scoring['num_dev']} / {b.scoring['num_test']}"
             + (f" (peers {b.peer_scoring['num_test']})" if "num_test" in b.peer_scoring else "")
             + f" | {b.runs()} | {minutes(b.estimate())} |"
@@ -131,7 +131,7 @@ def write_results(
         f"{budget.scoring.get('num_sampled') or budget.scoring['num_test']}); answers read with "
         f"`{task['answer_pattern']}` against the `{task['final_field']}` field. Seeds "
         f"{', '.join(map(str, seeds[1:])) or '(none)'} re-run "
-        f"{', '.join(LABELS[o] for o in budget.rerun) or 'nothing'} at the selected lr.",
+        f"{', '.join(LABELS[o] for o in budget.reruns()) or 'nothing'} at the selected lr.",
         *(
             [
                 f"- Peers (objectives outside the grid) are scored on the first "

@@ -18,6 +18,8 @@ import glob
 import os
 import re
 
+from psft_lightning.commands import command_parser
+
 DEFAULT_TAGS = [
     "eval/entropy",
     "train/entropy",
@@ -98,9 +100,7 @@ def plot(runs: dict[str, Series], tags: list[str], out: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(
-        prog="psft plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("psft plot", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders or globs (quote globs)")
     parser.add_argument("--tags", nargs="+", default=DEFAULT_TAGS, help=f"default: {' '.join(DEFAULT_TAGS)}")
     parser.add_argument("--out", default="plots")

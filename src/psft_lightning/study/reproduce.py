@@ -27,6 +27,9 @@ import shlex
 import shutil
 from pathlib import Path
 
+from jsonargparse import ArgumentParser
+
+from psft_lightning.commands import command_parser
 from psft_lightning.study.budgets import BUDGETS, LABELS
 from psft_lightning.study.page import write_results
 from psft_lightning.study.plots import plot, read_scalars
@@ -37,10 +40,8 @@ from psft_lightning.study.selection import Task
 TAGS = ["train/entropy", "eval/entropy", "dev/accuracy", "train/loss", "psft/clip_frac"]
 
 
-def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="psft study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parser() -> ArgumentParser:
+    parser = command_parser("psft study", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: the budget's seeds")
     parser.add_argument("--model", help="base model (default: the budget's; 'tiny' for a quick check)")

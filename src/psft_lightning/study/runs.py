@@ -1,25 +1,28 @@
 """The study's runs: a shipped config with the budget's overrides, trained (or only evaluated) through
-the CLI; the lr grid, the selection on dev and the re-runs at later seeds."""
+the CLI's library function ``fit.run_from_config``; the lr grid, the selection on dev and the re-runs at
+later seeds."""
 
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from psft_lightning.callbacks import ClippedTokens, GenerationEval
-from psft_lightning.cli import run_cli
+from psft_lightning.callbacks import ClippedTokens, GenerationEval, OldPolicy
 from psft_lightning.data.sources import read_rows
+from psft_lightning.fit import run_from_config
 from psft_lightning.rl import GRPOSettings, run_grpo
-from psft_lightning.study.budgets import OBJECTIVES, Budget, eval_config
+from psft_lightning.study.budgets import Budget, eval_config
+from psft_lightning.study.objectives import objective_configs, study_objectives
 from psft_lightning.study.selection import Scoring, Task
 
 log = logging.getLogger(__name__)
@@ -44,9 +47,21 @@ def epoch_file(task: Task, budget: Budget, out: Path) -> Path:
     return path
 
 
+def shipped_config(objective: str, root: Path) -> dict:
+    """The config under <root>/configs that trains ``objective`` (``budgets.objective_configs``)."""
+    with open(objective_configs(root)[objective], encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
 def config_lr(objective: str, root: Path) -> float:
-    with open(root / "configs" / OBJECTIVES[objective], encoding="utf-8") as handle:
-        return float(yaml.safe_load(handle)["model"]["lr"])
+    return float(shipped_config(objective, root)["model"]["lr"])
+
+
+def builds(entry: dict, cls: type) -> bool:
+    """Whether a config's ``class_path`` entry builds ``cls`` or a subclass, by whichever import path."""
+    module, _, name = entry["class_path"].rpartition(".")
+    found = getattr(importlib.import_module(module), name, None)
+    return isinstance(found, type) and issubclass(found, cls)
 
 
 @dataclass(frozen=True)
@@ -72,8 +87,7 @@ def run_config(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     """<root>/configs/<objective>.yaml with the budget's overrides."""
     objective, lr, model, seed, out = plan.objective, plan.lr, plan.model, plan.seed, plan.out
     name = plan.name
-    with open(root / "configs" / OBJECTIVES[objective], encoding="utf-8") as handle:
-        config = yaml.safe_load(handle)
+    config = shipped_config(objective, root)
     trainer = config["trainer"]
     trainer.pop("max_steps", None)
     trainer.update(
@@ -92,11 +106,11 @@ def run_config(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
             "init_args": {"save_dir": str(out), "name": name, "version": "", "default_hp_metric": False},
         },
     )
-    callbacks = [c for c in trainer.get("callbacks", []) if not c["class_path"].endswith("ModelCheckpoint")]
+    callbacks = [c for c in trainer.get("callbacks", []) if not builds(c, ModelCheckpoint)]
     for callback in callbacks:
-        if callback["class_path"].endswith("OldPolicy"):
+        if builds(callback, OldPolicy):
             callback.setdefault("init_args", {})["refresh_every_n_steps"] = budget.refresh_every
-        if callback["class_path"].endswith("ClippedTokens"):  # the table on the last step before a refresh
+        if builds(callback, ClippedTokens):  # the table on the last step before a refresh
             callback.setdefault("init_args", {})["log_clipped_every_n_steps"] = budget.refresh_every
     fields = {"prompt_field": task.prompt_field, "completion_field": task.completion_field}
     selection = {
@@ -146,11 +160,7 @@ def run(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     begin = time.perf_counter()
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI gets its arguments from ``args`` only
-    try:
-        cli = run_cli(["fit" if lr is not None else "validate", "--config", str(path)])
-    finally:
-        sys.argv = argv
+    cli = run_from_config("fit" if lr is not None else "validate", path)
     seconds = time.perf_counter() - begin
     record = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
     evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, GenerationEval))
@@ -216,7 +226,11 @@ def measure(budget_name: str, budget: Budget, task: Task, model: str, runs_dir: 
     base = run(RunPlan("ce", None, model, first, out), budget, task, root)
     grid: dict[str, list[dict]] = {}
     chosen: dict[str, list[dict]] = {}
-    for objective in OBJECTIVES:
+    configs = objective_configs(root)
+    skipped = [name for name in study_objectives() if name not in configs]
+    if skipped:
+        log.warning("no config under %s/configs selects %s: not in the study", root, ", ".join(skipped))
+    for objective in configs:
         lrs = budget.lrs.get(objective) or (budget.lr or config_lr(objective, root),)
         export = bool(budget.rl) and objective in budget.rl_from
         plans = [RunPlan(objective, lr, model, first, out, export) for lr in lrs]
@@ -227,7 +241,7 @@ def measure(budget_name: str, budget: Budget, task: Task, model: str, runs_dir: 
         for objective in (budget.rl_from if budget.rl else ())
     }
     for seed in later:
-        for objective in budget.rerun:
+        for objective in budget.reruns():
             lr = chosen[objective][0]["lr"]
             plan = RunPlan(objective, lr, model, seed, runs_dir / f"seed{seed}")
             chosen[objective].append(run(plan, budget, task, root))
