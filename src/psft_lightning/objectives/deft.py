@@ -4,8 +4,9 @@ l_t = -(p_t^a_t - 1) / a_t, a_t = sg(sum_v pi(v | s_t)^2). Its gradient is NLL's
 a confident (concentrated) policy learns like ``prob``'s -p, a flat one like CE.
 
 The gate is a whole-vocabulary quantity: it runs through ``Needs(vocab_fn=...)``, chunk by chunk, never
-with full logits. The official code divides by ``a_t + 1e-6``; this follows the paper's ``a_t`` (the
-gate is at least 1/V > 0, and the epsilon only matters for a near-uniform policy over >= 10^5 tokens).
+with full logits. The official code divides by ``a_t + 1e-6``; this follows the paper's ``a_t``: the gate
+is at least 1/V > 0, so no epsilon is needed, and the code's changes the gradient by a factor
+a_t / (a_t + 1e-6), 0.87 for a uniform policy over 152k tokens and 1 to 1e-4 once a_t >= 0.01.
 """
 
 from __future__ import annotations
