@@ -120,7 +120,7 @@ def test_unknown_objective_lists_the_known_names(args, capsys):
         main(["fit", *args, "--model.objective=nope"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    known = "asft, ce, dft, eaft, gift, kl, prob, psft, psft_warmup"
+    known = "asft, ce, deft, dft, eaft, eksft, gift, kl, prob, psft, psft_warmup, trsft"
     assert f"psft: error: Unknown objective 'nope'. Known objectives: {known}." in err
     assert "Traceback" not in err
     # a misspelt class_path is refused while parsing, naming the key and the class

@@ -99,7 +99,20 @@ def test_psft_objectives_lists_builtin_and_entry_point_objectives(
     main(["objectives"])
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines() if not line.startswith(" ")]
-    builtin = ["asft", "ce", "dft", "eaft", "gift", "kl", "prob", "psft", "psft_warmup"]
+    builtin = [
+        "asft",
+        "ce",
+        "deft",
+        "dft",
+        "eaft",
+        "eksft",
+        "gift",
+        "kl",
+        "prob",
+        "psft",
+        "psft_warmup",
+        "trsft",
+    ]
     assert names == sorted([*builtin, "focal", "strict_focal"])
     block = out[out.index("kl  (") :].split("\n")[:4]
     assert block == [
@@ -112,3 +125,9 @@ def test_psft_objectives_lists_builtin_and_entry_point_objectives(
     assert "strict_focal  (psft_focal.StrictFocalNLL)" in out and "gamma=required" in out
     assert "needs: vocabulary function with reference logits" in out  # gift
     assert "needs: old policy from step 10" in out  # psft_warmup
+    eksft = out[out.index("eksft  (") :].split("\n")[:4]
+    assert eksft[2:] == [
+        "    hyper-parameters: top_k_ratio=0.2, combine='union', entropy_weight=0.05, kl_weight=0.05",
+        "    needs: reverse KL to the initial model, vocabulary function",
+    ]
+    assert "trsft  (psft_lightning.objectives.trsft.TrSFT)" in out and "prob_floor=0.1" in out

@@ -24,6 +24,9 @@ FAMILY = {
     "prob": ["prob/weight_mean"],
     "gift": ["gift/target_mass"],
     "eaft": ["eaft/weight_mean"],
+    "deft": ["deft/gate_mean"],
+    "trsft": ["trsft/bounded_frac"],
+    "eksft": ["eksft/removed_frac", "eksft/entropy", "eksft/kl"],
     FORWARD_KL: ["kl/ref_kl"],
 }
 
@@ -60,7 +63,7 @@ def test_forward_and_reverse_kl_runs_differ(tmp_path, arithmetic_files):
     assert abs(f[3] - r[3]) > 1e-7
 
 
-@pytest.mark.parametrize("name", ["dft", "asft", "prob", "gift", "eaft"])
+@pytest.mark.parametrize("name", ["dft", "asft", "prob", "gift", "eaft", "deft", "trsft", "eksft"])
 def test_shipped_config_names_its_objective_on_the_embedded_model(name):
     config = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text(encoding="utf-8"))
     assert config["model"]["model"] == "smollm2-135m-instruct"

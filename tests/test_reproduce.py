@@ -35,7 +35,15 @@ def load_script(name: str):
 def studied(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     page = load_script("reproduce").main(
-        ["--budget", "test", "--out", str(out / "results.md"), "--runs-dir", str(out / "runs")]
+        [
+            "--budget",
+            "test",
+            "--out",
+            str(out / "results.md"),
+            "--runs-dir",
+            str(out / "runs"),
+            "--refresh-sweep",
+        ]
     )
     record = json.loads((out / "runs" / "results.json").read_text(encoding="utf-8"))
     return out, page.read_text(encoding="utf-8"), record
@@ -96,6 +104,27 @@ def test_the_rl_follow_up_starts_from_the_selected_checkpoints_and_is_evaluated(
         assert (out / "results" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
+def test_the_refresh_sweep_reruns_psft_at_every_interval_and_tables_it(studied):
+    out, page, record = studied
+    sweep, psft = record["refresh"], record["chosen"]["psft"][0]
+    assert record["refresh_sweep"] == [1, 2, 8, 32, "never"] == [r["interval"] for r in sweep]
+    assert all((r["objective"], r["lr"], r["seed"]) == ("psft", psft["lr"], psft["seed"]) for r in sweep)
+    assert sweep[1]["folder"] == psft["folder"]  # the test budget's own interval (2) is the study's PSFT run
+    folders = sorted(p.name for p in (out / "runs" / "refresh").iterdir() if p.is_dir())
+    assert folders == [f"psft_lr{psft['lr']:g}_refresh{n}" for n in ("1", "32", "8", "never")]
+    steps = sweep[0]["snapshots"]  # refreshing every step: one snapshot per optimizer step
+    assert steps == 16 and [r["snapshots"] for r in sweep] == [16, 8, 2, 1, 1]  # never: the first only
+    assert len({r["metrics"]["ood/drift_nll"] for r in sweep}) > 1  # the intervals trained differently
+    assert "## PSFT's refresh interval" in page
+    rows = re.findall(
+        r"^\| (\d+ steps?|never) \| (\d+) \| [12] \| \d\.\d{3} \| \d\.\d{3} \| \d+\.\d{3} "
+        r"\| \d+\.\d{3} \| \d+ \|$",
+        page,
+        re.MULTILINE,
+    )
+    assert rows == [("1 step", "16"), ("2 steps", "8"), ("8 steps", "2"), ("32 steps", "1"), ("never", "1")]
+
+
 def test_the_final_metrics_describe_the_selected_epoch_not_the_last(studied):
     _, _, record = studied
     plot_runs = load_script("plot_runs")
@@ -145,13 +174,14 @@ def test_any_dataset_with_fields_and_an_answer_pattern(tmp_path):
 
 def test_the_budgets_fit_their_machines():
     standard = BUDGETS["standard"]
-    assert standard.estimate() <= 90 * 60 and BUDGETS["smoke"].estimate() <= 20 * 60
+    # smoke's 20 minutes became 25 when DEFT, TrSFT and EKSFT joined the peers (three more runs)
+    assert standard.estimate() <= 90 * 60 and BUDGETS["smoke"].estimate() <= 25 * 60
     assert standard.rl and set(standard.rl_from) == {"ce", "psft"}
     assert standard.scoring["num_test"] >= 256 and len(standard.seeds) >= 2
     for budget in BUDGETS.values():
         assert len(budget.lrs["ce"]) >= 2 and len(budget.lrs["psft"]) >= 2
     assert (
-        BUDGETS["test"].runs() == 9 + 2 + 2
+        BUDGETS["test"].runs() == 12 + 2 + 2
     )  # the grid adds one run each to SFT and PSFT; seed 1 re-runs both
 
 

@@ -12,7 +12,7 @@ give the same losses; objectives that never need an old policy cost nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from torch import Tensor
@@ -20,6 +20,8 @@ from torch import Tensor
 from psft_lightning.data.batching import StepBatches
 from psft_lightning.errors import ConfigError
 from psft_lightning.policies import Mode, OldPolicyModel
+
+NEVER = "never"
 
 
 class OldPolicy(L.Callback):
@@ -29,17 +31,34 @@ class OldPolicy(L.Callback):
     the default. The schedule is anchored at the objective's first step that needs the old policy
     (step 0 for ``psft``, ``warmup_steps`` for ``psft_warmup``), and a refresh always happens then.
 
+    ``refresh_every_n_steps: never`` snapshots once, at that first step, and never refreshes: pi_old stays
+    the policy the objective started from (a fixed denominator, the ablation the official repository's
+    discussion reports as training poorly). It needs ``mode: snapshot``: a lookahead would have to
+    compute the old log-probs of every later step at once.
+
     Args:
-        refresh_every_n_steps: optimizer steps per pi_old.
+        refresh_every_n_steps: optimizer steps per pi_old, or ``never``.
         mode: ``snapshot`` (frozen weight copy) or ``lookahead`` (no copy; needs the training
             batches from PSFTDataModule, whose plan is known in advance).
     """
 
-    def __init__(self, refresh_every_n_steps: int = 8, mode: Mode = "snapshot") -> None:
-        if refresh_every_n_steps < 1:
-            raise ConfigError(f"OldPolicy refresh_every_n_steps must be >= 1, got {refresh_every_n_steps}")
+    def __init__(self, refresh_every_n_steps: int | Literal["never"] = 8, mode: Mode = "snapshot") -> None:
+        if refresh_every_n_steps != NEVER and (
+            isinstance(refresh_every_n_steps, bool)
+            or not isinstance(refresh_every_n_steps, int)
+            or refresh_every_n_steps < 1
+        ):
+            raise ConfigError(
+                f"OldPolicy refresh_every_n_steps must be >= 1, got {refresh_every_n_steps!r} (or 'never': "
+                "one snapshot, never refreshed)"
+            )
         if mode not in ("snapshot", "lookahead"):
             raise ConfigError(f"OldPolicy mode must be snapshot or lookahead, got {mode!r}")
+        if refresh_every_n_steps == NEVER and mode != "snapshot":
+            raise ConfigError(
+                "OldPolicy refresh_every_n_steps: never needs mode: snapshot (a lookahead would have to "
+                f"compute the old log-probs of every later step at once), got mode {mode!r}"
+            )
         self.refresh_every_n_steps = refresh_every_n_steps
         self.mode = mode
         self.old: OldPolicyModel | None = None
@@ -75,11 +94,16 @@ class OldPolicy(L.Callback):
         last = self.last_refresh_step
         if step < start or last == step:
             return False
-        return last is None or (step - start) % self.refresh_every_n_steps == 0
+        if last is None:
+            return True
+        if self.refresh_every_n_steps == NEVER:
+            return False
+        return (step - start) % self.refresh_every_n_steps == 0
 
     def served_steps(self, step: int, start: int) -> range:
         """The steps after refresh ``step`` that this pi_old serves, up to the next refresh. Not cut at
-        ``max_steps``: a run resumed with a larger ``max_steps`` still finds its old log-probs."""
+        ``max_steps``: a run resumed with a larger ``max_steps`` still finds its old log-probs. Only
+        ``lookahead`` asks, which ``never`` refuses."""
         end = step + 1
         while (end - start) % self.refresh_every_n_steps != 0:
             end += 1
@@ -91,10 +115,11 @@ class OldPolicy(L.Callback):
         start = pl_module.objective.needs().old_policy_from
         step = trainer.global_step
         if self.active and self.is_due(step, start):
-            served = self.served_steps(step, start)
             # the precision of the training step: bf16-mixed log-probs on both sides of PSFT's ratio
             with trainer.precision_plugin.train_step_context():
-                self.old.refresh(step, lambda: self._batches(trainer, pl_module, served))
+                self.old.refresh(
+                    step, lambda: self._batches(trainer, pl_module, self.served_steps(step, start))
+                )
 
     def _batches(
         self, trainer: L.Trainer, pl_module: L.LightningModule, steps: range

@@ -29,6 +29,9 @@ LABELS = Labels(
         "prob": "Prob",
         "gift": "GIFT",
         "eaft": "EAFT",
+        "deft": "DEFT",
+        "trsft": "TrSFT",
+        "eksft": "EKSFT",
     }
 )
 PAPER = "https://arxiv.org/abs/2508.17784"
@@ -74,7 +77,8 @@ class Budget:
 
     ``lrs`` is the grid tried at the first seed (an objective not named there trains at ``lr``, or at
     its config's lr when that is None); every later seed re-runs the objectives in ``rerun`` at their
-    selected lr.
+    selected lr. ``refresh_sweep`` (``psft study --refresh-sweep``) re-runs PSFT at its selected lr and
+    first seed at each of those old-policy refresh intervals (``study/refresh.py``).
     """
 
     train_rows: int  # the first N training rows are one epoch
@@ -96,6 +100,7 @@ class Budget:
     expected: str = ""
     rl: dict = field(default_factory=dict)  # GRPOSettings overrides of the RL follow-up; empty: none
     rl_from: tuple[str, ...] = ("ce", "psft")  # whose selected checkpoints (first seed) start GRPO
+    refresh_sweep: tuple[int | str, ...] = ()  # PSFT's refresh intervals beyond the study; "never" too
 
     def reruns(self) -> tuple[str, ...]:
         """The objectives re-run at every later seed."""
@@ -104,7 +109,11 @@ class Budget:
     def runs(self) -> int:
         """Trained runs of the study (the base model's evaluation not counted)."""
         grid = sum(len(self.lrs.get(name, (None,))) for name in study_objectives())
-        return grid + len(self.reruns()) * (len(self.seeds) - 1)
+        return grid + len(self.reruns()) * (len(self.seeds) - 1) + self.sweep_runs()
+
+    def sweep_runs(self) -> int:
+        """Runs the refresh sweep adds: every interval but the study's own (that run is reused)."""
+        return sum(every != self.refresh_every for every in self.refresh_sweep)
 
     def scoring_of(self, objective: str | None) -> dict:
         """Scoring overrides of one objective (None: the base model, scored like the grid's)."""
@@ -134,6 +143,7 @@ class Budget:
                 objective in self.reruns()
             )
             total += runs * (trained + test(self.scoring_of(objective)))
+        total += self.sweep_runs() * (trained + test(self.scoring_of("psft")))
         if self.rl:  # GRPO, then the evaluation of its model, from each selected checkpoint
             rl = GRPOSettings(**self.rl)
             sampled = rl.steps * rl.batch_size * rl.num_generations * rl.max_new_tokens
@@ -157,10 +167,11 @@ def ood_cost(sizes: dict) -> float:
 
 SMALL_OOD = {"num_probe": 16, "num_mc": 48, "num_drift": 16, "num_if": 12, "if_max_new_tokens": 48}
 # every OOD probe of the standard study with >= 50 items (one item < 2 points): all 64 instructions and
-# IF prompts, 100 of the 208 multiple-choice questions (1 point each)
+# IF prompts, 64 of the 208 multiple-choice questions (100 until DEFT, TrSFT and EKSFT joined the peers:
+# three more runs, and the 90 minutes still hold)
 STANDARD_OOD = {
     "num_probe": 16,
-    "num_mc": 100,
+    "num_mc": 64,
     "num_drift": 64,
     "num_if": 64,
     "if_max_new_tokens": 48,
@@ -206,7 +217,7 @@ BUDGETS = {
         lrs={"ce": (2e-5, 5e-5), "psft": (2e-5, 5e-5)},
         seeds=(0,),
         rerun=(),
-        expected="under 20 minutes on 2 idle CPU cores (estimate below)",
+        expected="under 25 minutes on 2 idle CPU cores (estimate below)",
     ),
     "standard": Budget(  # sized by calibration runs of SFT/PSFT on this machine: see its docstring
         train_rows=128,

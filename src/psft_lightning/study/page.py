@@ -12,6 +12,7 @@ import torch
 from psft_lightning.callbacks.clipped_tokens import markdown_table
 from psft_lightning.study import paper
 from psft_lightning.study.budgets import BUDGETS, LABELS, PAPER, Budget
+from psft_lightning.study.refresh import refresh_rows
 from psft_lightning.study.rl_page import rl_section
 from psft_lightning.study.verdicts import METRICS, mcnemar, paired, per_seed, spread, verdicts
 
@@ -98,6 +99,25 @@ def budget_rows() -> list[str]:
     return lines
 
 
+def refresh_section(record: dict, budget: Budget) -> list[str]:
+    """PSFT's refresh ablation (``psft study --refresh-sweep``), when the study ran it."""
+    if not record.get("refresh"):
+        return []
+    psft = record["chosen"]["psft"][0]
+    return [
+        "## PSFT's refresh interval",
+        "",
+        f"PSFT at its selected lr {psft['lr']:g} and seed {psft['seed']}, the same data order, with pi_old "
+        f"refreshed every N optimizer steps; `never` snapshots once, at the first step, and keeps that "
+        f"denominator. The study's own interval ({budget.refresh_every}) is the PSFT run above. Each run's "
+        f"checkpoint is selected on dev; test accuracy (in-domain, {len(psft['test_greedy'])} questions), "
+        "probe entropy and drift are measured there.",
+        "",
+        *refresh_rows(record["refresh"]),
+        "",
+    ]
+
+
 def write_results(
     path: Path, record: dict, budget: Budget, command: str, root: Path, plots: list, rl_plots: list = ()
 ) -> None:
@@ -163,6 +183,7 @@ def write_results(
         "",
         *grid_rows(record),
         "",
+        *refresh_section(record, budget),
         "## Which tokens PSFT clips",
         "",
         f"The last `ClippedTokens` table of each selected run (seed {seeds[0]}): the tokens whose ratio "

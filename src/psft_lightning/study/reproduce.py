@@ -1,14 +1,16 @@
 """Reproduce the PSFT paper's claims in miniature, with one command.
 
-Trains every shipped objective (SFT, SFT-KL, PSFT, PSFT warm-up, DFT, ASFT, Prob, GIFT, EAFT) from the
-same base model with the same data order, through the package's own CLI (configs/*.yaml plus the
-budget's overrides). Each objective's lr (a small grid for SFT and PSFT) and checkpoint (one per epoch)
-are chosen on a dev split; every claim is measured once, on a separate test split, at that checkpoint,
-with paired comparisons against SFT (McNemar, paired bootstrap) and the spread over seeds.
+Trains every shipped objective (SFT, SFT-KL, PSFT, PSFT warm-up, DFT, ASFT, Prob, GIFT, EAFT, DEFT,
+TrSFT, EKSFT) from the same base model with the same data order, through the package's own CLI
+(configs/*.yaml plus the budget's overrides). Each objective's lr (a small grid for SFT and PSFT) and
+checkpoint (one per epoch) are chosen on a dev split; every claim is measured once, on a separate test
+split, at that checkpoint, with paired comparisons against SFT (McNemar, paired bootstrap) and the
+spread over seeds.
 
-    psft study --budget smoke                  # <= 20 min on 2 CPU cores, from the repository
+    psft study --budget smoke                  # <= 25 min on 2 CPU cores, from the repository
     psft study --budget standard               # <= 90 min on 2 CPU cores: docs/results.md
     psft study --budget full                   # GPU-sized
+    psft study --budget smoke --refresh-sweep  # also PSFT refreshing every 1, 2, 8, 32 steps and never
     psft study --train-file my/train.jsonl --dev-file my/dev.jsonl --test-file my/test.jsonl \\
         --prompt-field problem --completion-field solution --final-field answer \\
         --answer-pattern '#### (\\S+)'          # any dataset with a checkable final answer
@@ -25,6 +27,7 @@ import json
 import logging
 import shlex
 import shutil
+import time
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
@@ -33,6 +36,7 @@ from psft_lightning.commands import command_parser
 from psft_lightning.study.budgets import BUDGETS, LABELS
 from psft_lightning.study.page import write_results
 from psft_lightning.study.plots import plot, read_scalars
+from psft_lightning.study.refresh import REFRESH_SWEEP, interval, refresh_sweep
 from psft_lightning.study.rl_page import CURVES, curves
 from psft_lightning.study.runs import measure
 from psft_lightning.study.selection import Task
@@ -51,6 +55,14 @@ def parser() -> ArgumentParser:
     parser.add_argument("--runs-dir", type=Path, help="logs, configs, records (default: <root>/runs/study)")
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the page and plots from --runs-dir's results.json"
+    )
+    parser.add_argument(
+        "--refresh-sweep",
+        nargs="*",
+        type=interval,
+        metavar="STEPS",
+        help="also re-run PSFT (selected lr, first seed) at each old-policy refresh interval, a step count "
+        f"or 'never', and table them (no value: {' '.join(map(str, REFRESH_SWEEP))})",
     )
     defaults = Task()
     for name in (f.name for f in dataclasses.fields(Task)):
@@ -79,11 +91,25 @@ def main(argv: list[str] | None = None) -> Path:
         budget = BUDGETS[args.budget]
         if args.seeds:
             budget = dataclasses.replace(budget, seeds=tuple(args.seeds))
-        record = measure(args.budget, budget, task, args.model or budget.model, runs_dir, root)
+        if args.refresh_sweep is not None:
+            budget = dataclasses.replace(budget, refresh_sweep=tuple(args.refresh_sweep or REFRESH_SWEEP))
+        model = args.model or budget.model
+        record = measure(args.budget, budget, task, model, runs_dir, root)
+        if budget.refresh_sweep:
+            begin = time.perf_counter()
+            record["refresh"] = refresh_sweep(
+                record["chosen"]["psft"][0], budget, task, model, runs_dir, root
+            )
+            record["seconds"] += time.perf_counter() - begin
         record["command"] = "psft study " + shlex.join(argv if argv is not None else [])
         record["seeds"] = list(budget.seeds)
+        record["refresh_sweep"] = list(budget.refresh_sweep)
         saved.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    budget = dataclasses.replace(BUDGETS[record["budget"]], seeds=tuple(record["seeds"]))
+    budget = dataclasses.replace(
+        BUDGETS[record["budget"]],
+        seeds=tuple(record["seeds"]),
+        refresh_sweep=tuple(record.get("refresh_sweep", ())),
+    )
     plots_dir = args.plots or out.parent / "results"
     shutil.rmtree(plots_dir, ignore_errors=True)
     runs = {LABELS[name]: read_scalars(chosen[0]["folder"]) for name, chosen in record["chosen"].items()}

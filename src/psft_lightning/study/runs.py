@@ -77,10 +77,12 @@ class RunPlan:
     out: Path
     export: bool = False
     drift_model: str | None = None  # default: ``model``
+    refresh_every: int | str | None = None  # OldPolicy's interval (``never`` too); default: the budget's
 
     @property
     def name(self) -> str:
-        return run_name(self.objective, self.lr)
+        suffix = "" if self.refresh_every is None else f"_refresh{self.refresh_every}"
+        return run_name(self.objective, self.lr) + suffix
 
 
 def run_config(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
@@ -109,7 +111,8 @@ def run_config(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     callbacks = [c for c in trainer.get("callbacks", []) if not builds(c, ModelCheckpoint)]
     for callback in callbacks:
         if builds(callback, OldPolicy):
-            callback.setdefault("init_args", {})["refresh_every_n_steps"] = budget.refresh_every
+            every = budget.refresh_every if plan.refresh_every is None else plan.refresh_every
+            callback.setdefault("init_args", {})["refresh_every_n_steps"] = every
         if builds(callback, ClippedTokens):  # the table on the last step before a refresh
             callback.setdefault("init_args", {})["log_clipped_every_n_steps"] = budget.refresh_every
     fields = {"prompt_field": task.prompt_field, "completion_field": task.completion_field}
