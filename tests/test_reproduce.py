@@ -174,8 +174,7 @@ def test_any_dataset_with_fields_and_an_answer_pattern(tmp_path):
 
 def test_the_budgets_fit_their_machines():
     standard = BUDGETS["standard"]
-    # smoke's 20 minutes became 25 when DEFT, TrSFT and EKSFT joined the peers (three more runs)
-    assert standard.estimate() <= 90 * 60 and BUDGETS["smoke"].estimate() <= 25 * 60
+    assert standard.estimate() <= 90 * 60 and BUDGETS["smoke"].estimate() <= 20 * 60
     assert standard.rl and set(standard.rl_from) == {"ce", "psft"}
     assert standard.scoring["num_test"] >= 256 and len(standard.seeds) >= 2
     for budget in BUDGETS.values():

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_objective_of_the_package_is_studied_the_reference_first():
     names = study_objectives()
     assert names[0] == "ce" and sorted(names) == sorted(
-        ["ce", "kl", "psft", "psft_warmup", "dft", "asft", "prob", "gift", "eaft"]
+        ["ce", "kl", "psft", "psft_warmup", "dft", "asft", "prob", "gift", "eaft", "deft", "trsft", "eksft"]
     )
     assert set(names) <= set(available_objectives())
 

@@ -7,7 +7,7 @@ checkpoint (one per epoch) are chosen on a dev split; every claim is measured on
 split, at that checkpoint, with paired comparisons against SFT (McNemar, paired bootstrap) and the
 spread over seeds.
 
-    psft study --budget smoke                  # <= 25 min on 2 CPU cores, from the repository
+    psft study --budget smoke                  # <= 20 min on 2 CPU cores, from the repository
     psft study --budget standard               # <= 90 min on 2 CPU cores: docs/results.md
     psft study --budget full                   # GPU-sized
     psft study --budget smoke --refresh-sweep  # also PSFT refreshing every 1, 2, 8, 32 steps and never
