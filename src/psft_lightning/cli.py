@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -23,14 +24,21 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from psft_lightning.callbacks.dashboard import Dashboard, without_hp_metric
 from psft_lightning.checkpointing import (
-    PREEMPTED_EXIT_CODE,
     CheckpointOnSignal,
     Preempted,
+    stop_before_training,
     use_atomic_checkpoints,
 )
 from psft_lightning.data import PSFTDataModule
 from psft_lightning.data.hub import is_hub
-from psft_lightning.errors import ConfigError, PSFTError
+from psft_lightning.errors import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    ConfigError,
+    Diverged,
+    PSFTError,
+)
 from psft_lightning.module import PSFTModule
 from psft_lightning.objectives import available_objectives, objective_class
 from psft_lightning.precision import auto_precision, precision_line
@@ -72,6 +80,7 @@ class PSFTCLI(LightningCLI):
         if self.subcommand:  # a command runs now (``run=False`` only builds the objects)
             cfg = self.config[self.subcommand]
             check_data_paths(cfg)
+            check_accumulation(cfg)
             resolve_checkpoint(cfg, fitting=self.subcommand == "fit")
             choose_precision(cfg)
 
@@ -124,6 +133,16 @@ def choose_precision(cfg) -> None:
         return
     cfg.trainer.precision, reason = auto_precision(cfg.trainer.get("accelerator"))
     log.info(precision_line(cfg.trainer.precision, reason))
+
+
+def check_accumulation(cfg) -> None:
+    """Below 1, Lightning divides by zero (0) or never reaches an optimizer step (< 0: a silent hang)."""
+    accumulate = cfg.trainer.get("accumulate_grad_batches")
+    if isinstance(accumulate, int) and accumulate < 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches must be >= 1 (micro-batches per optimizer step), "
+            f"got {accumulate}"
+        )
 
 
 def check_data_paths(cfg) -> None:
@@ -259,16 +278,26 @@ def main(args: list[str] | None = None) -> None:
             rewritten = rewrite_objective_names(argv)
             if args is None and rewritten != argv:
                 sys.argv[1:] = rewritten
-            run_cli(None if args is None else rewritten)  # None: LightningCLI warns when given sys.argv
+            previous = signal.signal(signal.SIGINT, stop_before_training)  # until the fit's own handler
+            try:
+                run_cli(None if args is None else rewritten)  # None: LightningCLI warns when given sys.argv
+            finally:
+                signal.signal(signal.SIGINT, previous)
     except Preempted as stop:
         print(f"psft: {stop}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:
+        print("psft: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Diverged as err:
+        print(f"psft: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
     except Exception as err:
         problem = user_error(err)
         if problem is None:
             raise
         print(f"psft: error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":
