@@ -179,16 +179,20 @@ class Preempted(BaseException):
     143 (SIGTERM) or 130 (SIGINT), so a scheduler or a retry wrapper can tell a stop from completion.
     A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way swallows it."""
 
-    def __init__(self, step: int, checkpoint: str | None, signum: int = signal.SIGTERM) -> None:
+    def __init__(self, step: int | None, checkpoint: str | None, signum: int = signal.SIGTERM) -> None:
         self.step = step
         self.checkpoint = checkpoint
         self.exit_code = 128 + signum
+        name = SIGNAL_NAMES.get(signum, signum)
+        if step is None:  # outside a fit: parsing, loading, validate
+            super().__init__(f"stopped by {name}: nothing was saved")
+            return
         saved = (
             f"saved {checkpoint}; resume with --ckpt_path last (or {checkpoint})"
             if checkpoint
             else "nothing was saved: training had not started"
         )
-        super().__init__(f"stopped by {SIGNAL_NAMES.get(signum, signum)} at step {step}: {saved}")
+        super().__init__(f"stopped by {name} at step {step}: {saved}")
 
 
 def stop_timeout() -> float:
@@ -204,8 +208,8 @@ def stop_timeout() -> float:
 
 
 def stop_before_training(signum, frame) -> None:
-    """SIGINT before a fit has its own handler: nothing to save, so stop at once (exit 130)."""
-    raise Preempted(0, None, signum)
+    """SIGINT before a fit has its own handler, or in validate: nothing to save, stop at once (130)."""
+    raise Preempted(None, None, signum)
 
 
 def exit_now(message: str, code: int) -> None:
@@ -220,7 +224,8 @@ class CheckpointOnSignal(L.Callback):
     stop at once.
 
     The stop is a :class:`Preempted` exception: no validation and no second checkpoint follow, and the
-    ``psft`` command exits with status 143 (SIGTERM) or 130 (SIGINT). A signal before training starts
+    ``psft`` command exits with status 143 (SIGTERM) or 130 (SIGINT). A signal during a validation
+    between steps saves and stops after the current validation batch. A signal before training starts
     (data, model, sanity validation) stops without a checkpoint: SIGTERM at the sanity check or the
     start of training, SIGINT at once. A second SIGINT stops at once without saving. If the step does not
     end within ``stop_timeout()`` seconds of the signal (a hang, a step that never comes), the process
@@ -239,6 +244,7 @@ class CheckpointOnSignal(L.Callback):
         self._training = False
         self._step = 0
         self._watchdog: threading.Timer | None = None
+        self._timeout = STOP_TIMEOUT_S
 
     def _handler(self, signum, frame) -> None:
         name = SIGNAL_NAMES.get(signum, signum)
@@ -249,7 +255,7 @@ class CheckpointOnSignal(L.Callback):
         if signum == signal.SIGINT and not self._training:  # no step to finish: nothing is lost now
             raise Preempted(self._step, None, signum)
         self.received = signum
-        timeout = stop_timeout()
+        timeout = self._timeout
         log.warning(
             "received %s: saving a checkpoint at the end of this optimizer step (within %g s, %s)",
             name,
@@ -275,12 +281,14 @@ class CheckpointOnSignal(L.Callback):
         self.saved_path = None
         self._training = False
         self._step = trainer.global_step
+        self._timeout = stop_timeout()  # a bad $PSFT_STOP_TIMEOUT fails now, not at the signal
+        # before Lightning's signal connector captures (and, at teardown, restores) every handler
         self._originals = {signum: signal.getsignal(signum) for signum in self.signums}
         self._installed = False
-        self._install()  # Lightning registers its SIGTERM handler later: installed again below
 
     def _install(self) -> None:
-        """(Re)place the handlers; Lightning registers its SIGTERM handler after ``on_fit_start``."""
+        """Replace the handlers Lightning registers after ``on_fit_start`` (from the sanity check on;
+        until then a SIGINT meets the CLI's ``stop_before_training``)."""
         for signum in self.signums:
             signal.signal(signum, self._handler)
         self._installed = True
@@ -321,8 +329,14 @@ class CheckpointOnSignal(L.Callback):
         return None if agreed == 1 << 16 else agreed
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, *args) -> None:
-        if trainer.sanity_checking and (signum := self._agreed(trainer)) is not None:
+        signum = self._agreed(trainer)
+        if signum is None:
+            return
+        if trainer.sanity_checking:
             raise Preempted(trainer.global_step, None, signum)
+        # a validation between steps: the weights are those of a finished step; no need to wait for one
+        self._cancel_watchdog()
+        raise Preempted(trainer.global_step, save_last(trainer), signum)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()

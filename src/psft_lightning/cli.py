@@ -4,7 +4,8 @@
 ``psft export <checkpoint> <out_dir>`` writes a trained checkpoint as a Hugging Face model directory;
 ``psft objectives`` lists the objectives, ``psft study`` runs the reproduction study, ``psft plot``
 draws runs' curves, ``psft grpo`` and ``psft dpo`` run GRPO and DPO on an exported model.
-Every run writes checkpoints atomically and saves ``last.ckpt`` when it is stopped with SIGTERM, and
+Every run writes checkpoints atomically and saves ``last.ckpt`` when it is stopped with SIGTERM or Ctrl-C
+(exit 143 / 130; a non-finite loss or gradient stops it with exit 3, ``errors.EXIT_*``), and
 its TensorBoard logger gets the Dashboard (custom-scalars layout, HPARAMS) and no ``hp_metric`` placeholder.
 Problems with the user's data or settings are printed as one paragraph, without a traceback.
 """

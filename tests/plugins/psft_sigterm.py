@@ -12,13 +12,19 @@ import lightning as L
 
 class SigtermAt(L.Callback):
     """Send ``signal_name`` (SIGTERM by default) ``times`` times during optimizer step ``step`` (before its
-    optimizer update), or during the sanity validation when ``step`` is -1; then sleep ``sleep_s``
-    seconds in that step (a step that does not end in time)."""
+    optimizer update), during the validation after step ``step`` with ``in_validation``, or during the
+    sanity validation when ``step`` is -1; then sleep ``sleep_s`` seconds (a step that does not end)."""
 
     def __init__(
-        self, step: int = 2, signal_name: str = "SIGTERM", times: int = 1, sleep_s: float = 0
+        self,
+        step: int = 2,
+        signal_name: str = "SIGTERM",
+        times: int = 1,
+        sleep_s: float = 0,
+        in_validation: bool = False,
     ) -> None:
         self.step = step
+        self.in_validation = in_validation
         self.signum = getattr(signal, signal_name)
         self.times = times
         self.sleep_s = sleep_s
@@ -32,9 +38,11 @@ class SigtermAt(L.Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if self.step == -1 and trainer.sanity_checking:
             self._send()
+        elif self.in_validation and trainer.global_step == self.step and batch_idx == 0:
+            self._send()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and not self.in_validation:
             self._send()
 
 
