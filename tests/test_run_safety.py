@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_misuse import TINY, assert_user_error, fit_args, psft
+from test_misuse import TINY, assert_user_error, fit_args, psft, scalars
 
 from psft_lightning.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED
 
@@ -217,3 +217,38 @@ def test_allow_inexact_resume_continues_with_one_warning(tmp_path, arithmetic_fi
     assert proc.stderr.count("the data position is not exact") == 1
     assert "batch_size: checkpoint 2, this run 4" in proc.stderr
     assert saved(last_ckpt(tmp_path))["global_step"] == 4
+
+
+# ------------------------------------------------------------------------------- misuse siblings
+def test_sigterm_during_a_validation_saves_at_once_and_resumes_exactly(tmp_path, arithmetic_files):
+    common = ["--trainer.max_steps=6", "--trainer.val_check_interval=3"]
+    straight = psft(*fit_args(tmp_path / "a", arithmetic_files, *common))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    root = tmp_path / "b"
+    stopped = psft(
+        *fit_args(root, arithmetic_files, *common),
+        "--trainer.callbacks+=psft_sigterm.SigtermAt",
+        "--trainer.callbacks.step=3",
+        "--trainer.callbacks.in_validation=true",  # the validation after step 3
+    )
+    assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-3000:]
+    assert f"stopped by SIGTERM at step 3: saved {last_ckpt(root)}" in stopped.stderr  # not after step 4
+    resumed = psft(*fit_args(root, arithmetic_files, *common), "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    [expected] = scalars(tmp_path / "a" / "tiny" / "version_0", "train/loss")
+    first, second = scalars(root / "tiny" / "version_0", "train/loss")
+    assert {**first, **second} == expected
+
+
+def test_a_checkpoint_past_max_steps_is_refused(tmp_path, arithmetic_files):
+    first = psft(*fit_args(tmp_path, arithmetic_files, "--trainer.max_steps=3"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    proc = psft(*fit_args(tmp_path, arithmetic_files, "--trainer.max_steps=2"), "--ckpt_path=last")
+    assert_user_error(proc, "is at step 3 and trainer.max_steps is 2: nothing is left to train")
+
+
+def test_a_bad_stop_timeout_fails_before_training(tmp_path, arithmetic_files):
+    proc = psft(
+        *fit_args(tmp_path, arithmetic_files, "--trainer.max_steps=1"), env={"PSFT_STOP_TIMEOUT": "0"}
+    )
+    assert_user_error(proc, "PSFT_STOP_TIMEOUT must be > 0 seconds, got '0'")
