@@ -19,7 +19,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from psft_lightning.errors import ConfigError, Diverged
-from psft_lightning.metrics import grad_norm
 from psft_lightning.resume import checkpoint_step
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class StopOnNonFinite(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         loss, self._loss = self._loss, None
-        norm = grad_norm(pl_module.policy)
+        norm = pl_module.step_grad_norm()  # PSFTModule's, computed once for this check and its log
         values = {"loss": loss, "gradient norm": norm}
         bad = {name: float(v) for name, v in values.items() if v is not None and not torch.isfinite(v).all()}
         if not trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
@@ -79,7 +78,7 @@ class StopOnNonFinite(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         """Abort a save whose weights are not finite: the file on disk stays the last finite one."""
-        bad = [name for name, value in checkpoint.get("state_dict", {}).items() if not _finite(value)]
+        bad = nonfinite(checkpoint.get("state_dict", {}))
         if not trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
             return
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
@@ -91,11 +90,18 @@ class StopOnNonFinite(L.Callback):
         )
 
 
-def _finite(value) -> bool:
-    if not isinstance(value, Tensor) or not value.is_floating_point():
-        return True
-    local = value.to_local() if hasattr(value, "to_local") else value  # a DTensor shard (FSDP2)
-    return bool(torch.isfinite(local).all())
+def nonfinite(tensors: dict[str, Tensor]) -> list[str]:
+    """Names of the floating tensors holding a NaN or inf. One fused norm over all of them first (a
+    tenth of a second for 135M weights, where an element-wise check takes seconds per save): finite,
+    it proves every element finite; only otherwise (or on overflow of huge values) each is checked."""
+    floats = {
+        name: value.to_local() if hasattr(value, "to_local") else value  # a DTensor shard (FSDP2)
+        for name, value in tensors.items()
+        if isinstance(value, Tensor) and value.is_floating_point()
+    }
+    if not floats or torch.isfinite(torch.nn.utils.get_total_norm(list(floats.values()))):
+        return []
+    return [name for name, value in floats.items() if not torch.isfinite(value).all()]
 
 
 def _kept(trainer: L.Trainer) -> str:
