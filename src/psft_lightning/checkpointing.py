@@ -248,8 +248,9 @@ class CheckpointOnSignal(L.Callback):
 
     def _handler(self, signum, frame) -> None:
         name = SIGNAL_NAMES.get(signum, signum)
-        if self.received == signal.SIGINT or (signum == signal.SIGINT and self.received is not None):
-            exit_now(f"stopped at once by a second {name} at step {self._step}: nothing was saved", 130)
+        if signum == signal.SIGINT and self.received is not None:  # Ctrl-C again: the user will not wait
+            message = f"stopped at once by a second {name} at step {self._step}: nothing was saved"
+            exit_now(message, 128 + signum)
         if self.received is not None:
             return
         if signum == signal.SIGINT and not self._training:  # no step to finish: nothing is lost now

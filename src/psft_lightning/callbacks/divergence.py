@@ -57,12 +57,15 @@ class StopOnNonFinite(L.Callback):
         if not trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
             return
         step = trainer.global_step + 1  # the step being taken, as logged and named in checkpoints
-        what = " and ".join(f"the {name} is {value}" for name, value in bad.items()) or "another rank's is"
+        what = (
+            " and ".join(f"the {name} is {value}" for name, value in bad.items())
+            or "the loss on another rank is not finite"
+        )
         if self.skipped < self.max_skipped_steps:
             self.skipped += 1
             optimizer.zero_grad(set_to_none=True)
             log.warning(
-                "step %d: %s non-finite; the step is skipped (%d of max_skipped_steps %d)",
+                "step %d: %s; the step is skipped, no update (%d of max_skipped_steps %d)",
                 step,
                 what,
                 self.skipped,
