@@ -20,8 +20,10 @@ PSFT = str(Path(sys.executable).with_name("psft"))
 PLUGINS = str(REPO / "tests" / "plugins")
 
 
-def psft(*args: str, cwd: Path = REPO, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = subprocess_env(PYTHONPATH=PLUGINS)
+def psft(
+    *args: str, cwd: Path = REPO, timeout: int = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = subprocess_env(PYTHONPATH=PLUGINS, **(env or {}))
     return subprocess.run(
         [PSFT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

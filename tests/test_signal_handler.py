@@ -26,9 +26,11 @@ def before():
 
 
 def test_fit_restores_sigterm_and_a_later_fit_frees_the_earlier_one(tmp_path, arithmetic_files, before):
+    sigint = signal.getsignal(signal.SIGINT)
     cli = run_cli(["fit", *tiny_fit_args(tmp_path / "a", arithmetic_files, 1, "--data.max_length=192")])
     trainer, policy = weakref.ref(cli.trainer), weakref.ref(cli.model.policy)
     assert signal.getsignal(signal.SIGTERM) is before  # not Lightning's handler, which holds the trainer
+    assert signal.getsignal(signal.SIGINT) is sigint  # nor the Ctrl-C handler of the fit
     del cli
     run_cli(["fit", *tiny_fit_args(tmp_path / "b", arithmetic_files, 1, "--data.max_length=192")])
     gc.collect()

@@ -6,6 +6,8 @@ LightningCLI over PSFTModule and PSFTDataModule); ``--print_config`` prints a co
 ``psft export <checkpoint> <out_dir>`` writes a trained checkpoint as a Hugging Face model directory;
 ``psft objectives`` lists the objectives, ``psft study`` runs the reproduction study, ``psft plot``
 draws runs' curves, ``psft grpo`` and ``psft dpo`` run GRPO and DPO on an exported model.
+Every run writes checkpoints atomically and saves ``last.ckpt`` when it is stopped with SIGTERM or Ctrl-C
+(exit 143 / 130; a non-finite loss or gradient stops it with exit 3, ``errors.EXIT_*``).
 Problems with the user's data or settings are printed as one paragraph, without a traceback.
 """
 
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from psft_lightning.checkpointing import PREEMPTED_EXIT_CODE, Preempted
-from psft_lightning.errors import PSFTError
+from psft_lightning.checkpointing import Preempted, stop_before_training
+from psft_lightning.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR, Diverged, PSFTError
 from psft_lightning.fit import rewrite_objective_names, run_cli
 
 __all__ = ["main", "run_cli"]
@@ -106,17 +109,27 @@ def main(args: list[str] | None = None) -> None:
             rewritten = rewrite_objective_names(argv)
             if args is None and rewritten != argv:
                 sys.argv[1:] = rewritten
-            # None: LightningCLI warns when given sys.argv
-            run_cli(None if args is None else rewritten, description=DESCRIPTION, usage=USAGE)
+            previous = signal.signal(signal.SIGINT, stop_before_training)  # until the fit's own handler
+            try:
+                # None: LightningCLI warns when given sys.argv
+                run_cli(None if args is None else rewritten, description=DESCRIPTION, usage=USAGE)
+            finally:
+                signal.signal(signal.SIGINT, previous)
     except Preempted as stop:
         print(f"psft: {stop}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:
+        print("psft: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Diverged as err:
+        print(f"psft: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
     except Exception as err:
         problem = user_error(err)
         if problem is None:
             raise
         print(f"psft: error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

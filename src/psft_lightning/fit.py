@@ -69,6 +69,7 @@ class PSFTCLI(LightningCLI):
         if self.subcommand:  # a command runs now (``run=False`` only builds the objects)
             cfg = self.config[self.subcommand]
             check_data_paths(cfg)
+            check_accumulation(cfg)
             resolve_checkpoint(cfg, fitting=self.subcommand == "fit")
             choose_precision(cfg)
 
@@ -121,6 +122,16 @@ def choose_precision(cfg) -> None:
         return
     cfg.trainer.precision, reason = auto_precision(cfg.trainer.get("accelerator"))
     log.info(precision_line(cfg.trainer.precision, reason))
+
+
+def check_accumulation(cfg) -> None:
+    """Below 1, Lightning divides by zero (0) or never reaches an optimizer step (< 0: a silent hang)."""
+    accumulate = cfg.trainer.get("accumulate_grad_batches")
+    if isinstance(accumulate, int) and accumulate < 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches must be >= 1 (micro-batches per optimizer step), "
+            f"got {accumulate}"
+        )
 
 
 def check_data_paths(cfg) -> None:

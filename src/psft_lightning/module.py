@@ -100,6 +100,7 @@ class PSFTModule(L.LightningModule):
         self.step_metrics = StepMetrics()
         self.val_metrics: ValidationMetrics | None = None
         self.run_state = RunState()
+        self._grad_norm: tuple[int, Tensor | None] | None = None  # (step, norm): step_grad_norm's cache
         self._register_state_dict_hook(drop_reference)
         self.register_load_state_dict_pre_hook(keep_reference)
 
@@ -195,8 +196,15 @@ class PSFTModule(L.LightningModule):
         ckpt_path = self._trainer.ckpt_path if self._trainer is not None else None
         self.run_state.load(checkpoint, dict(self.hparams), ckpt_path)
 
+    def step_grad_norm(self) -> Tensor | None:
+        """This optimizer step's gradient norm before clipping, computed once per step (it is logged
+        here and checked by StopOnNonFinite, whose hook runs first)."""
+        if self._grad_norm is None or self._grad_norm[0] != self.global_step:
+            self._grad_norm = (self.global_step, grad_norm(self.policy))
+        return self._grad_norm[1]
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        norm = grad_norm(self.policy)
+        norm = self.step_grad_norm()
         if norm is not None:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 

@@ -45,7 +45,17 @@ def resolve_checkpoint(cfg: Namespace, fitting: bool) -> None:
         logger.init_args.version = int(version.group(1))
         trainer.logger = logger
         where = f"; logging continues in {path.parent.parent}"
-    log.info("resuming from %s (step %s)%s", path, checkpoint_step(path), where)
+    step = checkpoint_step(path)
+    max_steps = trainer.get("max_steps")
+    if fitting and isinstance(step, int) and isinstance(max_steps, int) and step == max_steps:
+        log.info("%s is at trainer.max_steps (%d): nothing is left to train", path, step)
+    if fitting and isinstance(step, int) and isinstance(max_steps, int) and 0 <= max_steps < step:
+        raise ConfigError(
+            f"--ckpt_path {path} is at step {step} and trainer.max_steps is {max_steps}: nothing is left "
+            f"to train. Give trainer.max_steps above {step} to train on (the lr schedule then follows the "
+            "new horizon), or use psft validate to evaluate the checkpoint."
+        )
+    log.info("resuming from %s (step %s)%s", path, step, where)
 
 
 def _newest_last(trainer: Namespace, logger: Namespace | None, root_dir: Path) -> Path:

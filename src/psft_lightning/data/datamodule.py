@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 import lightning as L
@@ -14,6 +15,7 @@ from psft_lightning.data.collate import PADDING_FREE, Packing, collate
 from psft_lightning.data.formats import IGNORE_INDEX, Fields, Format, check_format
 from psft_lightning.data.hub import is_hub, parse_hub
 from psft_lightning.data.lengths import Overlong, OverlongReport, SkipReport, length_warnings
+from psft_lightning.data.order import ORDER_KEY, check_same_order
 from psft_lightning.data.table import ExampleTable
 from psft_lightning.data.tokenise import TokenSettings
 from psft_lightning.errors import ConfigError, DataError
@@ -56,6 +58,10 @@ class PSFTDataModule(L.LightningDataModule):
         cache_dir: where tokenised examples are kept (default ``$PSFT_DATA_CACHE``, else
             ``~/.cache/psft_lightning/data``); deleting it is always safe.
         num_proc: tokenising processes (default: one per CPU, at most one per 500 rows).
+        allow_inexact_resume: resume from a checkpoint whose data order differs from this run's
+            (other training files or contents, batch size, accumulation, devices, seed, packing...)
+            with a warning; by default that resume is refused, since the data position would not be
+            exact (``data.order``).
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class PSFTDataModule(L.LightningDataModule):
         bucketing: bool = False,
         cache_dir: str | None = None,
         num_proc: int | None = None,
+        allow_inexact_resume: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(train_files, str):
@@ -139,6 +146,7 @@ class PSFTDataModule(L.LightningDataModule):
         self.bucketing = bucketing
         self.cache_dir = cache_dir or default_cache_dir()
         self.num_proc = num_proc
+        self.allow_inexact_resume = allow_inexact_resume
         for path in self.train_files + self.val_files:  # a malformed hub entry fails before any work
             if is_hub(path):
                 parse_hub(path, "train")
@@ -147,6 +155,7 @@ class PSFTDataModule(L.LightningDataModule):
         self.skipped: dict[str, SkipReport] = {}
         self.overlong_report: dict[str, OverlongReport] = {}
         self.tokenised: list[str] = []  # cache entries this process built (none when it mapped them)
+        self.train_keys: list[list[str]] = []  # [path, cache key] per training file, for the order record
 
     @property
     def tokenizer(self):
@@ -176,16 +185,19 @@ class PSFTDataModule(L.LightningDataModule):
     def load_examples(self, files: list[str], split: str) -> ExampleTable:
         """The tokenised rows of ``files`` from the cache (tokenised now if missing); over-long rows
         follow ``overlong`` and are counted."""
-        skips, overlong, tables = SkipReport(), OverlongReport(), []
+        skips, overlong, tables, keys = SkipReport(), OverlongReport(), [], []
         tokenizer = self.tokenizer
         for path in files:
             entry = self._entry(path, split, tokenizer)
+            keys.append([path, os.path.basename(entry.directory)])
             if not entry.built and self._speaks:
                 log.info("%s data: %s: using the tokenised cache %s", split, path, entry.directory)
             skips.merge(entry.skips)
             overlong.merge(entry.overlong)
             tables.append(entry.table)
         examples = ExampleTable.concat(tables)
+        if split == "train":
+            self.train_keys = keys
         self.skipped[split], self.overlong_report[split] = skips, overlong
         for line in length_warnings(split, len(examples), skips, overlong, self.max_length):
             if self._speaks:
@@ -229,6 +241,33 @@ class PSFTDataModule(L.LightningDataModule):
                 int(examples.loss_tokens.sum(dtype="int64")),
                 len(self.val_examples),
             )
+
+    def order_record(self) -> dict:
+        """What decides the training data order (``data.order``), in plain types for the checkpoint."""
+        shape = self._shape()
+        return {
+            "train_files": self.train_keys,
+            "batch_size": shape.micro_batch_size,
+            "accumulate_grad_batches": shape.accumulate,
+            "world_size": shape.world_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "val_fraction": None if self.val_files else self.val_fraction,  # held out of the train files
+            "max_length": self.max_length,
+            "packing": self.packing,
+            "pack_length": self.pack_length,
+            "bucketing": self.bucketing,
+        }
+
+    def state_dict(self) -> dict:
+        return {ORDER_KEY: self.order_record()} if self.train_keys else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """On resume, refuse (or warn about) another data order; checkpoints without a record resume."""
+        trainer = self.trainer
+        if ORDER_KEY in state_dict and trainer is not None and trainer.state.fn == "fit":
+            if self._speaks or not self.allow_inexact_resume:
+                check_same_order(state_dict[ORDER_KEY], self.order_record(), self.allow_inexact_resume)
 
     @property
     def _speaks(self) -> bool:
