@@ -15,12 +15,14 @@ import logging
 import os
 import sys
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from psft_lightning.boundary import error_boundary
 from psft_lightning.callbacks.dashboard import Dashboard, without_hp_metric
 from psft_lightning.checkpointing import (
     PREEMPTED_EXIT_CODE,
@@ -30,7 +32,7 @@ from psft_lightning.checkpointing import (
 )
 from psft_lightning.data import PSFTDataModule
 from psft_lightning.data.hub import is_hub
-from psft_lightning.errors import ConfigError, PSFTError
+from psft_lightning.errors import EXIT_USER_ERROR, ConfigError
 from psft_lightning.module import PSFTModule
 from psft_lightning.objectives import available_objectives, objective_class
 from psft_lightning.precision import auto_precision, precision_line
@@ -40,19 +42,51 @@ log = logging.getLogger(__name__)
 
 
 class PSFTArgumentParser(LightningArgumentParser):
-    """Adds what to write instead to jsonargparse's message for hyper-parameters of a bare name."""
+    """Adds to jsonargparse's messages what they leave out: what to write instead for hyper-parameters
+    of a bare objective name, and which config file a YAML syntax error is in."""
+
+    def parse_args(self, args=None, *rest, **kwargs):
+        self.psft_args = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, *rest, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        if "objective" in message and "NestedArg" in message:
-            message += OBJECTIVE_ARGS_HINT
+        if "objective" in message and "Expected a dot import path string" in message:
+            message += objective_hint(message)
+        if "<unicode string>" in message:
+            message = name_config_file(message, getattr(self, "psft_args", sys.argv[1:]))
         return super().error(message, ex)
 
 
+def objective_hint(message: str) -> str:
+    """Only a registered name where a class is expected gets the hint (not a wrong value of a class)."""
+    name = message.split("Expected a dot import path string:", 1)[1].split()[0]
+    if name not in available_objectives():
+        return ""
+    cls = objective_class(name)
+    return OBJECTIVE_ARGS_HINT.format(name=name, path=f"{cls.__module__}.{cls.__qualname__}")
+
+
+def name_config_file(message: str, argv: list[str]) -> str:
+    """Put the path of the config file that YAML cannot parse where jsonargparse writes "<unicode string>"."""
+    import yaml
+
+    configs = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    configs += [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    for config in configs:
+        try:
+            yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue
+        except yaml.YAMLError:
+            return message.replace("<unicode string>", config)
+    return message
+
+
 OBJECTIVE_ARGS_HINT = (
-    "\nAn objective given by its registered name (objective: kl) takes no init_args in a config file. "
-    "To set its hyper-parameters give its class: objective: {class_path: psft_lightning.objectives.KL, "
-    "init_args: {beta: 0.2}}; on the command line --model.objective kl --model.objective.init_args.beta 0.2 "
-    "works as written. `psft fit --print_config` shows the class paths."
+    "\n{name!r} is a registered objective name, not a class: a name takes no init_args in a config file, "
+    "nor goes in class_path. To set its hyper-parameters give its class: objective: {{class_path: {path}, "
+    "init_args: {{...}}}}; on the command line --model.objective {name} --model.objective.init_args.KEY "
+    "VALUE works as written. `psft objectives` lists each objective's hyper-parameters."
 )
 
 
@@ -165,18 +199,6 @@ def rewrite_objective_names(argv: list[str]) -> list[str]:
     return out
 
 
-def user_error(err: BaseException) -> PSFTError | None:
-    """The PSFTError behind ``err``: jsonargparse wraps errors raised while it builds a plugin, a callback
-    or the data module in a ValueError of its own; the first user error in the chain is the message."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, PSFTError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
 def run_cli(args: list[str] | None = None, run: bool = True) -> PSFTCLI:
     """Parse ``args`` (default: the command line), build the run and execute its subcommand
     (with ``run=False`` only build it: ``args`` then has no subcommand)."""
@@ -222,53 +244,70 @@ QUIET_WARNINGS = (
 )
 
 
+def dispatch(argv: list[str], from_sys_argv: bool) -> None:
+    """Run the subcommand ``argv`` names (``fit``/``validate`` through LightningCLI)."""
+    if argv[:1] == ["export"]:
+        from psft_lightning.export import export_main
+
+        export_main(argv[1:])
+    elif argv[:1] == ["objectives"]:
+        from psft_lightning.objectives.catalog import objectives_main
+
+        objectives_main(argv[1:])
+    elif argv[:1] == ["study"]:
+        from psft_lightning.study.reproduce import main as study_main
+
+        study_main(argv[1:])
+    elif argv[:1] == ["eval"]:
+        from psft_lightning.harness import eval_main
+
+        eval_main(argv[1:])
+    elif argv[:1] == ["plot"]:
+        from psft_lightning.study.plots import main as plot_main
+
+        plot_main(argv[1:])
+    elif argv[:1] == ["grpo"]:
+        from psft_lightning.rl.cli import grpo_main
+
+        grpo_main(argv[1:])
+    elif argv[:1] == ["dpo"]:
+        from psft_lightning.rl.cli import dpo_main
+
+        dpo_main(argv[1:])
+    else:
+        rewritten = rewrite_objective_names(argv)
+        if from_sys_argv and rewritten != argv:
+            sys.argv[1:] = rewritten
+        run_cli(None if from_sys_argv else rewritten)  # None: LightningCLI warns when given sys.argv
+
+
+def usage() -> str:
+    """What ``psft`` alone prints: every subcommand, not only LightningCLI's fit and validate."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {what}" for name, what in COMMANDS.items()]
+    return "\n".join([f"usage: psft {{{','.join(COMMANDS)}}} ...", "", "subcommands:", *lines, "", HELP_LINE])
+
+
+HELP_LINE = "psft SUBCOMMAND --help describes each; psft --version prints the version."
+
+
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: user errors exit with status 2 and a one-paragraph message."""
+    """Console entry point: every outcome is an exit status of errors.py, with one paragraph for a
+    user or environment fault (``boundary``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if args is None else list(args)
-    try:
-        if argv[:1] == ["export"]:
-            from psft_lightning.export import export_main
-
-            export_main(argv[1:])
-        elif argv[:1] == ["objectives"]:
-            from psft_lightning.objectives.catalog import objectives_main
-
-            objectives_main(argv[1:])
-        elif argv[:1] == ["study"]:
-            from psft_lightning.study.reproduce import main as study_main
-
-            study_main(argv[1:])
-        elif argv[:1] == ["eval"]:
-            from psft_lightning.harness import eval_main
-
-            eval_main(argv[1:])
-        elif argv[:1] == ["plot"]:
-            from psft_lightning.study.plots import main as plot_main
-
-            plot_main(argv[1:])
-        elif argv[:1] == ["grpo"]:
-            from psft_lightning.rl.cli import grpo_main
-
-            grpo_main(argv[1:])
-        elif argv[:1] == ["dpo"]:
-            from psft_lightning.rl.cli import dpo_main
-
-            dpo_main(argv[1:])
-        else:
-            rewritten = rewrite_objective_names(argv)
-            if args is None and rewritten != argv:
-                sys.argv[1:] = rewritten
-            run_cli(None if args is None else rewritten)  # None: LightningCLI warns when given sys.argv
-    except Preempted as stop:
-        print(f"psft: {stop}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT_CODE)
-    except Exception as err:
-        problem = user_error(err)
-        if problem is None:
-            raise
-        print(f"psft: error: {problem}", file=sys.stderr)
-        sys.exit(2)
+    if not argv:
+        print(f"psft: error: a subcommand is required\n{usage()}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    if argv[0] == "--version":
+        print(f"psft-lightning {version('psft-lightning')}")
+        return
+    with error_boundary():
+        try:
+            dispatch(argv, from_sys_argv=args is None)
+        except Preempted as stop:
+            print(f"psft: {stop}", file=sys.stderr)
+            sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
