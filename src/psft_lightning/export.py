@@ -134,14 +134,15 @@ def _prepare_out_dir(out_dir: Path, checkpoint: Path, overwrite: bool) -> None:
     """Refuse a target whose replacement could destroy what export did not write: the checkpoint's own
     folder or one holding it, the working directory, ``/``, a mount point, a symbolic link, or a
     folder with files of anyone else (``--overwrite`` replaces only an earlier export)."""
+    if not checkpoint.exists():
+        raise ConfigError(f"Checkpoint {checkpoint} does not exist")
     if out_dir.is_file():
         raise ConfigError(f"Export target {out_dir} is a file, not a directory")
     resolved, source = out_dir.resolve(), checkpoint.resolve()
-    source_folder = source if source.is_dir() else source.parent
-    if resolved == source_folder or resolved in source_folder.parents or source_folder in resolved.parents:
+    if resolved in source.parents or resolved == source or source in resolved.parents:
         raise ConfigError(
-            f"Export target {out_dir} contains or lies in the folder of the checkpoint {checkpoint}; "
-            "export to a folder outside the run's checkpoint folder"
+            f"Export target {out_dir} is the folder of the checkpoint {checkpoint}, holds it, or lies in "
+            "a sharded checkpoint; export to a folder beside the run's checkpoints instead"
         )
     if resolved == Path.cwd().resolve() or resolved == Path(resolved.anchor) or os.path.ismount(resolved):
         raise ConfigError(

@@ -65,7 +65,7 @@ def _pretrained_kwargs(name: str) -> tuple[str, dict]:
         return directory, {"gguf_file": gguf_file}
     if name.endswith(".gguf"):
         if not os.path.isfile(name):
-            raise ConfigError(f"GGUF file {name!r} {why_missing(name)}")
+            raise ConfigError(f"GGUF file {name!r} {why_missing(name, 'does not exist')}")
         return os.path.dirname(os.path.abspath(name)), {"gguf_file": os.path.basename(name)}
     if not os.path.isdir(name) and not _is_hub_id(name):
         # fail now: transformers would take it for a hub id and retry the network for a minute

@@ -7,8 +7,9 @@ import errno
 import os
 
 
-def why_missing(path: str | os.PathLike) -> str:
-    """What stands in the way of opening ``path``, which does not resolve to an existing file."""
+def why_missing(path: str | os.PathLike, missing: str = "no such file or directory") -> str:
+    """What stands in the way of opening ``path``, which does not resolve to an existing file
+    (``missing`` when nothing is there at all)."""
     try:
         os.stat(path)
     except OSError as err:
@@ -16,4 +17,4 @@ def why_missing(path: str | os.PathLike) -> str:
             return "is a symbolic link loop (a link that leads back to itself)"
         if os.path.islink(path):
             return f"is a symbolic link to {os.readlink(path)}, which does not exist"
-    return "not found"
+    return missing

@@ -166,9 +166,11 @@ def prepare_plots(plots_dir: Path) -> None:
     """Refuse a plots folder where a plot would be drawn over a file the study did not write."""
     names = [png_name(tag) for tag in (*TAGS, *CURVES)]
     ours = set(recorded(plots_dir, STUDY))
+    if plots_dir.is_symlink() or (plots_dir.exists() and not plots_dir.is_dir()):
+        raise ConfigError(f"--plots {plots_dir} is not a plain folder (a file or a symbolic link)")
     clash = [name for name in names if (plots_dir / name).exists() and name not in ours]
-    if clash or plots_dir.is_symlink() or (plots_dir.exists() and not plots_dir.is_dir()):
+    if clash:
         raise ConfigError(
-            f"--plots {plots_dir}: {', '.join(clash) or 'not a plain folder'} was not written by psft study, "
-            f"which draws only over its own plots (listed in {MANIFEST}); choose another --plots folder"
+            f"--plots {plots_dir}: {', '.join(clash)} was not written by psft study, which draws only over "
+            f"its own plots (listed in {MANIFEST}); choose another --plots folder"
         )
