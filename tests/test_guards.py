@@ -202,7 +202,7 @@ def test_tool_calls_the_template_cannot_render_are_refused_with_the_row(files, t
     row = {
         "messages": [
             {"role": "user", "content": "2+2?"},
-            {"role": "assistant", "content": "", "tool_calls": call},
+            {"role": "assistant", "content": "Adding them.", "tool_calls": call},
             {"role": "tool", "content": "4"},
             {"role": "assistant", "content": "4"},
         ]
