@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from psft_lightning.boundary import error_boundary
 from psft_lightning.study.reproduce import main as study_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,4 +17,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    with error_boundary():  # one paragraph and the psft exit statuses, as `psft study`
+        main()

@@ -59,6 +59,8 @@ ROUTES = {
     "name": ["--model.objective=ce"],
     "kl": ["--model.objective=kl"],
     "asft": ["--model.objective=asft"],
+    "gift": ["--model.objective=gift"],
+    "eaft": ["--model.objective=eaft"],
     "prob": ["--model.objective=prob"],
     "trsft": ["--model.objective=trsft"],
     "eksft": ["--model.objective=eksft"],
@@ -98,9 +100,18 @@ ROUTES = {
     "grpo": ["grpo", *RL_ARGS],
     "dpo": ["dpo", *RL_ARGS],
     "lm_eval": ["eval", "{checkpoint}", "--tasks", "psft_general_knowledge", "--limit", "1"],
+    "plot": ["plot", "{out}"],
+    "study": ["study", "--budget=test", "--model=tiny", "--runs-dir={out}/runs", "--out={out}/page.md"],
+    "report": [
+        "study",
+        "--report-only",
+        "--runs-dir={study_record}",
+        "--out={out}/page.md",
+        "--plots={out}/p",
+    ],
 }
 # subcommands that take no fit arguments
-STANDALONE = ("export", "grpo", "dpo", "eval")
+STANDALONE = ("export", "grpo", "dpo", "eval", "plot", "study")
 
 SITES = {
     "psft_lightning.callbacks.old_policy:OldPolicy.__init__": "fit",
@@ -114,6 +125,16 @@ SITES = {
     "psft_lightning.fit:check_accumulation": "fit",
     "psft_lightning.data.order:check_same_order": "resume",
     "psft_lightning.resume:resolve_checkpoint": "resume",
+    "psft_lightning.checkpointing:AtomicCheckpointIO.load_checkpoint": "resume",
+    "psft_lightning.module:check_optimizer_settings": "fit",
+    "psft_lightning.objectives.eaft:EAFT.__init__": "eaft",
+    "psft_lightning.objectives.gift:GIFT.__init__": "gift",
+    "psft_lightning.owned:refuse_foreign": "export",
+    "psft_lightning.study.plots:find_runs": "plot",
+    "psft_lightning.study.reproduce:outputs": "study",
+    "psft_lightning.study.reproduce:prepare_plots": "study",
+    "psft_lightning.study.reproduce:read_record": "report",
+    "psft_lightning.study.reproduce:check_run_folders": "report",
     "psft_lightning.objectives.asft:ASFT.__init__": "asft",
     "psft_lightning.objectives.prob:Prob.__init__": "prob",
     "psft_lightning.fit:PSFTCLI.instantiate_trainer": "fit",
@@ -255,6 +276,10 @@ def files(tmp_path_factory) -> dict[str, str]:
         run_root = root / name
         assert exit_code([*fit_args(run_root, out), *extra]) == 0
         out[name] = str(run_root / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    out["study_record"] = str(root / "study")  # a record whose runs' folders are gone
+    Path(out["study_record"]).mkdir()
+    record = {"budget": "test", "seeds": [0], "chosen": {"psft": [{"folder": str(root / "gone")}]}}
+    Path(out["study_record"], "results.json").write_text(json.dumps(record), encoding="utf-8")
     out["exported"] = str(root / "exported")
     assert exit_code(["export", out["checkpoint"], out["exported"]]) == 0
     return out
@@ -314,3 +339,92 @@ def test_raise_site_reaches_the_user_as_one_line(site, files, tmp_path, monkeypa
     assert code == 2, f"{site}: not reached by route {SITES[site]!r}\n{err[-2000:]}"
     assert "psft: error:" in err and f"sweep probe {site}" in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------ faults from below
+def below_faults() -> dict[str, BaseException]:
+    """Real exceptions of the libraries under the CLI, each made by calling them as a run would."""
+    import errno
+    import pickle
+
+    import lightning as L
+    import torch
+
+    def caught(action) -> BaseException:
+        try:
+            action()
+        except Exception as err:  # noqa: BLE001 - the fault itself is the sample
+            return err
+        raise AssertionError(f"{action} raised nothing")
+
+    text = REPO / "README.md"
+    return {
+        "trainer max_steps -5": caught(lambda: L.Trainer(max_steps=-5, logger=False)),
+        "unknown strategy": caught(lambda: L.Trainer(strategy="nosuch", logger=False)),
+        "strategy not installed": caught(lambda: L.Trainer(strategy="deepspeed", logger=False)),
+        "AdamW betas": caught(
+            lambda: torch.optim.AdamW([torch.zeros(1, requires_grad=True)], betas=(2.0, 0.9))
+        ),
+        "not a checkpoint": caught(lambda: torch.load(text, weights_only=True)),
+        "weights_only refuses": caught(lambda: torch.load(_pickled_object(), weights_only=True)),
+        "bad pickle": pickle.UnpicklingError("invalid load key"),
+        "missing package": caught(lambda: __import__("no_such_optional_package")),
+        "disk full": OSError(errno.ENOSPC, "No space left on device", "last.ckpt"),
+        "read-only": OSError(errno.EROFS, "Read-only file system", "runs"),
+        "permission": PermissionError(errno.EACCES, "Permission denied", "runs"),
+        "symlink loop": OSError(errno.ELOOP, "Too many levels of symbolic links", "data.jsonl"),
+        "no such file": FileNotFoundError(errno.ENOENT, "No such file or directory", "data.jsonl"),
+    }
+
+
+def _pickled_object() -> str:
+    import argparse
+    import tempfile
+
+    import torch
+
+    path = tempfile.mkstemp(suffix=".ckpt")[1]
+    torch.save({"args": argparse.Namespace(x=1)}, path)
+    return path
+
+
+# each fault's family and exit status: a new kind of fault from below without a family here fails
+EXPECTED = {
+    "trainer max_steps -5": ("lightning setting", 2),
+    "unknown strategy": ("lightning setting", 2),
+    "strategy not installed": ("lightning setting", 4),
+    "AdamW betas": ("optimizer argument", 2),
+    "not a checkpoint": ("checkpoint format", 2),
+    "weights_only refuses": ("checkpoint format", 2),
+    "bad pickle": ("checkpoint format", 2),
+    "missing package": ("missing package", 4),
+    "disk full": ("file system", 4),
+    "read-only": ("file system", 4),
+    "permission": ("file system", 4),
+    "symlink loop": ("file system", 2),
+    "no such file": ("file system", 2),
+}
+
+
+def test_every_fault_from_below_has_a_family_and_every_family_a_fault():
+    from psft_lightning.boundary import FAMILIES, classify
+
+    faults = below_faults()
+    assert set(faults) == set(EXPECTED)
+    found = {name: classify(err) for name, err in faults.items()}
+    unmapped = [name for name, got in found.items() if got is None]
+    assert not unmapped, f"faults without a family in boundary.FAMILIES: {unmapped}"
+    assert {name: got[:2] for name, got in found.items()} == EXPECTED
+    covered = {family for family, _ in EXPECTED.values()} | {"psft"}
+    assert covered == {family.name for family in FAMILIES}, "each family needs a fault in below_faults()"
+
+
+def test_a_bug_keeps_its_traceback_and_says_so(capsys):
+    from psft_lightning.boundary import BUG_LINE, error_boundary
+
+    with pytest.raises(SystemExit) as stop, error_boundary():
+        {}["no such key"]  # noqa: B018 - an internal bug
+    err = capsys.readouterr().err
+    assert (
+        stop.value.code == 1 and "Traceback" in err and "KeyError" in err and err.rstrip().endswith(BUG_LINE)
+    )

@@ -18,6 +18,7 @@ from psft_lightning.cli import main, run_cli
 from psft_lightning.errors import ConfigError
 from psft_lightning.export import export_checkpoint, write_model
 from psft_lightning.models import CHATML_TEMPLATE, load_model, load_tokenizer, tiny_model, tiny_tokenizer
+from psft_lightning.owned import record
 
 TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
@@ -147,6 +148,7 @@ def test_export_of_a_corrupted_checkpoint_overwrites_nothing(damage, tmp_path, c
     out = tmp_path / "hf"
     out.mkdir()
     (out / "keep.txt").write_text("previous export")
+    record(out, "psft export", ["keep.txt"])  # an earlier export's manifest: --overwrite may replace it
     with pytest.raises(SystemExit) as exit_info:
         main(["export", str(bad), str(out), "--overwrite"])
     assert exit_info.value.code == 2
@@ -158,7 +160,7 @@ def test_export_of_a_corrupted_checkpoint_overwrites_nothing(damage, tmp_path, c
         "empty_dir": "not a sharded (torch distributed checkpoint)",
     }[damage]
     assert err.splitlines()[-1].startswith("psft: error:") and expected in err
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".psft-manifest.json", "keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["good.ckpt", "bad.ckpt", "hf"])
 
 
@@ -170,9 +172,12 @@ def test_export_replaces_a_non_empty_directory_only_with_overwrite(tmp_path):
     with pytest.raises(ConfigError, match="not empty; pass --overwrite"):
         export_checkpoint(ckpt, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    with pytest.raises(ConfigError, match="holds entries psft export did not write"):
+        export_checkpoint(ckpt, out, overwrite=True)
+    record(out, "psft export", ["keep.txt"])  # an earlier export's manifest: --overwrite may replace it
     with pytest.raises(ConfigError, match="--adapter-only needs a LoRA checkpoint"):
         export_checkpoint(ckpt, out, overwrite=True, adapter_only=True)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".psft-manifest.json", "keep.txt"]
 
     export_checkpoint(ckpt, out, overwrite=True)
     assert not (out / "keep.txt").exists()

@@ -180,7 +180,7 @@ def test_objective_short_name_with_hyper_parameters(tmp_path, arithmetic_files):
         "--model.objective.init_args.beta=0.2",
     )
     assert proc.returncode == 2
-    assert "give its class: objective: {class_path: psft_lightning.objectives.KL" in proc.stderr
+    assert "give its class: objective: {class_path: psft_lightning.objectives.kl.KL" in proc.stderr
 
 
 def test_small_datasets_work_and_epoch_intervals_are_checked_before_model_work(tmp_path, write_jsonl):

@@ -191,7 +191,7 @@ def test_plot_runs_draws_selected_tags_of_any_run_folder(studied, tmp_path):
         [str(out / "runs" / "seed0" / "*"), "--tags", "train/loss", "nope", "--out", str(tmp_path)]
     )
     assert [Path(p).name for p in written] == ["train_loss.png"]
-    with pytest.raises(SystemExit, match="no TensorBoard event files"):
+    with pytest.raises(ConfigError, match="no TensorBoard event files"):
         plot_runs.main([str(tmp_path / "empty"), "--out", str(tmp_path)])
 
 

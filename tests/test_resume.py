@@ -231,7 +231,7 @@ def test_resume_refuses_a_checkpoint_of_another_objective_or_model(tmp_path, ari
             main(["fit", *args])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
-        assert err.splitlines()[-1].startswith("psft: error: Cannot resume from"), err
+        assert err.splitlines()[-1].startswith("psft: error: The checkpoint"), err
         assert expected in err
     assert ckpt.read_bytes() == before
 

@@ -27,6 +27,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from psft_lightning.boundary import first_line
 from psft_lightning.errors import EXIT_PREEMPTED, ConfigError
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
+        except RuntimeError as err:  # torch's writer reports a failed write (disk full) as its own error
+            cause = err.__cause__ or err.__context__
+            if not isinstance(cause, OSError) or cause.errno is None:
+                raise
+            raise OSError(cause.errno, cause.strerror, str(target)) from err
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(target.parent)
+
+    def load_checkpoint(
+        self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Lightning's load, with a file torch cannot read (truncated, not a checkpoint, or holding
+        objects ``weights_only`` refuses) named in one line; ``weights_only false`` is said aloud."""
+        if weights_only is False:
+            log.warning(
+                "weights_only is false: loading %s may run any code it holds; use it only for "
+                "checkpoints you trust",
+                path,
+            )
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise  # the path itself is wrong: the CLI words those
+        except Exception as err:  # unpickling bytes that are not a checkpoint fails with any error
+            if not _is_local_file_protocol(path):
+                raise
+            raise ConfigError(
+                f"Cannot read the checkpoint {path}: it is truncated, corrupted, not a PyTorch checkpoint, "
+                f"or holds objects that weights_only loading refuses ({first_line(err)})"
+            ) from err
 
     def write(self, checkpoint: dict[str, Any], f) -> None:
         """Serialise ``checkpoint`` into the open temporary file."""
@@ -81,7 +110,10 @@ def _fsync_dir(directory: Path) -> None:
 def replace_path(new: Path, target: Path) -> None:
     """Move ``new`` (file or folder) to ``target``. An existing ``target`` is set aside and removed only
     once ``new`` is in place: were the process killed between the two renames, it is still whole as
-    ``.<name>.old-<pid>``."""
+    ``.<name>.old-<pid>``. An empty ``target`` folder is replaced in one rename."""
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        os.replace(new, target)
+        return
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         os.replace(target, old)
@@ -135,9 +167,10 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], ckpt_path: s
     ]
     if diffs:
         raise ConfigError(
-            f"Cannot resume from {ckpt_path or 'the checkpoint'}: it belongs to another run ("
+            f"The checkpoint {ckpt_path or ''} belongs to another run than this one ("
             + "; ".join(diffs)
-            + "). Resume with the settings it was trained with, or start a new run from its weights: "
+            + "). Resume or validate it with the settings it was trained with, or start a new run from "
+            "its weights: "
             "`psft export <checkpoint> <dir>` and then `model.model: <dir>`."
         )
 

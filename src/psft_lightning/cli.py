@@ -19,25 +19,15 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
+from psft_lightning.boundary import error_boundary
 from psft_lightning.checkpointing import Preempted, stop_before_training
-from psft_lightning.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR, Diverged, PSFTError
+from psft_lightning.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR, Diverged
 from psft_lightning.fit import rewrite_objective_names, run_cli
 
 __all__ = ["main", "run_cli"]
-
-
-def user_error(err: BaseException) -> PSFTError | None:
-    """The PSFTError behind ``err``: jsonargparse wraps errors raised while it builds a plugin, a callback
-    or the data module in a ValueError of its own; the first user error in the chain is the message."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, PSFTError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 @dataclass(frozen=True)
@@ -97,39 +87,57 @@ DESCRIPTION = (
 USAGE = f"psft {{{','.join(COMMANDS)}}} ..."
 
 
+def fit_or_validate(argv: list[str], from_sys_argv: bool) -> None:
+    """``psft fit``/``validate`` through LightningCLI; the first Ctrl-C before the fit's own handler
+    stops at once (nothing to save yet)."""
+    rewritten = rewrite_objective_names(argv)
+    if from_sys_argv and rewritten != argv:
+        sys.argv[1:] = rewritten
+    previous = signal.signal(signal.SIGINT, stop_before_training)  # until the fit's own handler
+    try:
+        # None: LightningCLI warns when given sys.argv
+        run_cli(None if from_sys_argv else rewritten, description=DESCRIPTION, usage=USAGE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def usage() -> str:
+    """What ``psft`` alone prints: every subcommand, not only LightningCLI's fit and validate."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {what}" for name, what in COMMANDS.items()]
+    return "\n".join([f"usage: {USAGE}", "", "subcommands:", *lines, "", HELP_LINE])
+
+
+HELP_LINE = "psft SUBCOMMAND --help describes each; psft --version prints the version."
+
+
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: user errors exit with status 2 and a one-paragraph message."""
+    """Console entry point: every outcome is an exit status of errors.py, with one paragraph for a
+    user or environment fault (``boundary``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if args is None else list(args)
-    try:
-        command = SUBCOMMANDS.get(argv[0]) if argv else None
-        if command is not None:
-            command.function()(argv[1:])
-        else:
-            rewritten = rewrite_objective_names(argv)
-            if args is None and rewritten != argv:
-                sys.argv[1:] = rewritten
-            previous = signal.signal(signal.SIGINT, stop_before_training)  # until the fit's own handler
-            try:
-                # None: LightningCLI warns when given sys.argv
-                run_cli(None if args is None else rewritten, description=DESCRIPTION, usage=USAGE)
-            finally:
-                signal.signal(signal.SIGINT, previous)
-    except Preempted as stop:
-        print(f"psft: {stop}", file=sys.stderr)
-        sys.exit(stop.exit_code)
-    except KeyboardInterrupt:
-        print("psft: interrupted (Ctrl-C)", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    except Diverged as err:
-        print(f"psft: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_DIVERGED)
-    except Exception as err:
-        problem = user_error(err)
-        if problem is None:
-            raise
-        print(f"psft: error: {problem}", file=sys.stderr)
+    if not argv:
+        print(f"psft: error: a subcommand is required\n{usage()}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    if argv[0] == "--version":
+        print(f"psft-lightning {version('psft-lightning')}")
+        return
+    with error_boundary():
+        try:
+            command = SUBCOMMANDS.get(argv[0])
+            if command is not None:
+                command.function()(argv[1:])
+            else:
+                fit_or_validate(argv, from_sys_argv=args is None)
+        except Preempted as stop:
+            print(f"psft: {stop}", file=sys.stderr)
+            sys.exit(stop.exit_code)
+        except KeyboardInterrupt:
+            print("psft: interrupted (Ctrl-C)", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
+        except Diverged as err:
+            print(f"psft: error: {err}", file=sys.stderr)
+            sys.exit(EXIT_DIVERGED)
 
 
 if __name__ == "__main__":

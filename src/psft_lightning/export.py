@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from psft_lightning.commands import command_parser
 from psft_lightning.errors import ConfigError
 from psft_lightning.lora import apply_lora, lora_settings
 from psft_lightning.models import load_model, load_tokenizer
+from psft_lightning.owned import record, refuse_foreign
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +127,31 @@ def rebuild_policy(hparams: dict[str, Any], weights: dict[str, Tensor] | Path):
     return policy, wrapper
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+EXPORTER = "psft export"
+
+
+def _prepare_out_dir(out_dir: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Refuse a target whose replacement could destroy what export did not write: the checkpoint's own
+    folder or one holding it, the working directory, ``/``, a mount point, a symbolic link, or a
+    folder with files of anyone else (``--overwrite`` replaces only an earlier export)."""
+    if not checkpoint.exists():
+        raise ConfigError(f"Checkpoint {checkpoint} does not exist")
     if out_dir.is_file():
         raise ConfigError(f"Export target {out_dir} is a file, not a directory")
+    resolved, source = out_dir.resolve(), checkpoint.resolve()
+    if resolved in source.parents or resolved == source or source in resolved.parents:
+        raise ConfigError(
+            f"Export target {out_dir} is the folder of the checkpoint {checkpoint}, holds it, or lies in "
+            "a sharded checkpoint; export to a folder beside the run's checkpoints instead"
+        )
+    if resolved == Path.cwd().resolve() or resolved == Path(resolved.anchor) or os.path.ismount(resolved):
+        raise ConfigError(
+            f"Export target {out_dir} is the working directory, the root or a mount point; give a "
+            "folder (new or empty) under it"
+        )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"Export target {out_dir} is not empty; pass --overwrite to replace it")
+    refuse_foreign(out_dir, EXPORTER, "Export target")
 
 
 def _forget_gguf(model: nn.Module) -> None:
@@ -171,6 +193,15 @@ def write_model(model: nn.Module, tokenizer, directory: Path) -> None:
         model.__dict__.update(kept)
 
 
+def _usual_modes(folder: Path) -> None:
+    """Give the folder and its files the modes of any new file (0755/0644 under umask 022):
+    mkdtemp makes the folder private and safetensors writes its file 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def export_checkpoint(
     checkpoint: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -179,7 +210,7 @@ def export_checkpoint(
 ) -> Path:
     """Write the checkpoint's policy as a Hugging Face directory (LoRA merged unless ``adapter_only``)."""
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
+    _prepare_out_dir(out_dir, Path(checkpoint), overwrite)
     hparams, weights = read_checkpoint(checkpoint)
     if adapter_only and hparams.get("lora") is None:
         raise ConfigError(f"--adapter-only needs a LoRA checkpoint; {checkpoint} trained all weights")
@@ -187,15 +218,16 @@ def export_checkpoint(
     policy.eval()
     tokenizer = load_tokenizer(hparams["model"])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))  # ours to remove
     try:
         if adapter_only:
             wrapper.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         else:
             write_model(wrapper.merge_and_unload() if wrapper is not None else policy, tokenizer, tmp)
-        replace_path(tmp, out_dir)
+        _usual_modes(tmp)
+        record(tmp, EXPORTER, [path.name for path in tmp.iterdir()])
+        replace_path(tmp, out_dir)  # the old folder goes only once the new one is in place
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s to %s", checkpoint, out_dir)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -37,19 +39,49 @@ USAGE = "psft {fit,validate} ..."
 
 
 class PSFTArgumentParser(LightningArgumentParser):
-    """Adds what to write instead to jsonargparse's message for hyper-parameters of a bare name."""
+    """Adds to jsonargparse's messages what they leave out: what to write instead for hyper-parameters
+    of a bare objective name, and which config file a YAML syntax error is in."""
+
+    def parse_args(self, args=None, *rest, **kwargs):
+        self.psft_args = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, *rest, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
-        if "objective" in message and "NestedArg" in message:
-            message += OBJECTIVE_ARGS_HINT
+        if "objective" in message and "Expected a dot import path string" in message:
+            message += objective_hint(message)
+        if "<unicode string>" in message:
+            message = name_config_file(message, getattr(self, "psft_args", sys.argv[1:]))
         return super().error(message, ex)
 
 
+def objective_hint(message: str) -> str:
+    """Only a registered name where a class is expected gets the hint (not a wrong value of a class)."""
+    name = message.split("Expected a dot import path string:", 1)[1].split()[0]
+    if name not in available_objectives():
+        return ""
+    cls = objective_class(name)
+    return OBJECTIVE_ARGS_HINT.format(name=name, path=f"{cls.__module__}.{cls.__qualname__}")
+
+
+def name_config_file(message: str, argv: list[str]) -> str:
+    """Put the path of the config file that YAML cannot parse where jsonargparse writes "<unicode string>"."""
+    configs = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    configs += [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    for config in configs:
+        try:
+            yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue
+        except yaml.YAMLError:
+            return message.replace("<unicode string>", config)
+    return message
+
+
 OBJECTIVE_ARGS_HINT = (
-    "\nAn objective given by its registered name (objective: kl) takes no init_args in a config file. "
-    "To set its hyper-parameters give its class: objective: {class_path: psft_lightning.objectives.KL, "
-    "init_args: {beta: 0.2}}; on the command line --model.objective kl --model.objective.init_args.beta 0.2 "
-    "works as written. `psft fit --print_config` shows the class paths."
+    "\n{name!r} is a registered objective name, not a class: a name takes no init_args in a config file, "
+    "nor goes in class_path. To set its hyper-parameters give its class: objective: {{class_path: {path}, "
+    "init_args: {{...}}}}; on the command line --model.objective {name} --model.objective.init_args.KEY "
+    "VALUE works as written. `psft objectives` lists each objective's hyper-parameters."
 )
 
 

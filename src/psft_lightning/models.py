@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from psft_lightning.errors import ConfigError
+from psft_lightning.paths import why_missing
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +65,30 @@ def _pretrained_kwargs(name: str) -> tuple[str, dict]:
         return directory, {"gguf_file": gguf_file}
     if name.endswith(".gguf"):
         if not os.path.isfile(name):
-            raise ConfigError(f"GGUF file {name!r} does not exist")
+            raise ConfigError(f"GGUF file {name!r} {why_missing(name, 'does not exist')}")
         return os.path.dirname(os.path.abspath(name)), {"gguf_file": os.path.basename(name)}
     if not os.path.isdir(name) and not _is_hub_id(name):
         # fail now: transformers would take it for a hub id and retry the network for a minute
         known = [TINY, *EMBEDDED_MODELS]
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        if os.path.islink(name):
+            raise ConfigError(f"Model {name!r} {why_missing(name)}")
         raise ConfigError(
             f"Unknown model {name!r}: no such local directory, and not a built-in name "
             f"({', '.join(known)}), a .gguf file or a Hugging Face hub id (org/name).{hint}"
         )
     return name, {}
+
+
+# what AutoTokenizer reads from a local directory (a fast, sentencepiece, BPE or tiktoken tokenizer)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "tokenizer.tiktoken",
+)
 
 
 def _is_hub_id(name: str) -> bool:
@@ -97,9 +110,16 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     location, kwargs = _pretrained_kwargs(name)
+    if os.path.isdir(name) and not any(os.path.exists(os.path.join(name, f)) for f in TOKENIZER_FILES):
+        raise ConfigError(
+            f"No tokenizer files in {name} (none of {', '.join(TOKENIZER_FILES)}): copy the tokenizer "
+            "of the model it comes from into it (tokenizer.save_pretrained(dir))"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as err:  # ValueError: a directory without tokenizer files
+        if "gguf_file" in kwargs and name.endswith(".gguf"):
+            raise ConfigError(f"{name} is not a readable GGUF file (truncated or corrupted?): {err}") from err
         raise ConfigError(
             f"Cannot load a tokenizer for model {name!r}: {err}. Use 'smollm2-135m-instruct' (embedded), "
             f"'{TINY}', a local Hugging Face directory, a .gguf file, or a hub id on a machine with access."
@@ -122,6 +142,8 @@ def load_model(name: str, tiny_config: dict | None = None, dtype: torch.dtype | 
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:  # ValueError: a directory whose config.json is no model's
+        if name.endswith(".gguf"):
+            raise ConfigError(f"{name} is not a readable GGUF file (truncated or corrupted?): {err}") from err
         raise ConfigError(f"Cannot load model {name!r}: {err}") from err
     return model
 

@@ -28,6 +28,32 @@ from psft_lightning.step import token_logprobs, token_stats, train_micro_batch
 from psft_lightning.step.stats import NO_NEEDS
 
 
+def check_optimizer_settings(
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    warmup_steps: int,
+    min_lr_ratio: float,
+) -> None:
+    """Refuse AdamW and schedule settings outside their meaning (written so that NaN fails too)."""
+    problems = {
+        "model.lr": (lr, lr > 0, "> 0"),
+        "model.weight_decay": (weight_decay, weight_decay >= 0, ">= 0 (a negative decay grows the weights)"),
+        "model.eps": (eps, eps > 0, "> 0"),
+        "model.warmup_steps": (warmup_steps, warmup_steps >= 0, ">= 0"),
+        "model.min_lr_ratio": (min_lr_ratio, 0 <= min_lr_ratio <= 1, "in [0, 1] (a fraction of model.lr)"),
+        "model.betas": (
+            list(betas),
+            len(betas) == 2 and all(0 <= b < 1 for b in betas),
+            "two numbers in [0, 1)",
+        ),
+    }
+    for key, (value, valid, rule) in problems.items():
+        if not valid:
+            raise ConfigError(f"{key} must be {rule}, got {value}")
+
+
 class PSFTModule(L.LightningModule):
     """Fine-tune a causal LM with any registered objective.
 
@@ -80,8 +106,7 @@ class PSFTModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ConfigError(f"model.lr must be > 0, got {lr}")
+        check_optimizer_settings(lr, weight_decay, betas, eps, warmup_steps, min_lr_ratio)
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"model.chunk_size must be >= 1, got {chunk_size}")
         if adamw not in ("fused", "foreach", "for-loop"):

@@ -102,10 +102,17 @@ def _messages_field(row: dict, name: str, where: str) -> list[dict[str, str]]:
                 f"{at} has role {role!r}; the roles chat templates know are {', '.join(ROLES)}. "
                 "ShareGPT-style roles need renaming: human -> user, gpt or bot -> assistant"
             )
-        _string_field(message, "content", at, allow_empty=role != "assistant")
+        _string_field(
+            message, "content", at, allow_empty=role != "assistant" or bool(message.get("tool_calls"))
+        )
+        if message.get("tool_calls") is not None and not isinstance(message["tool_calls"], list):
+            raise DataError(
+                f"{at}: tool_calls must be a list of calls, got {type(message['tool_calls']).__name__}"
+            )
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: field {name!r} has no assistant message, so there is nothing to learn")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    kept = ("role", "content", "tool_calls")  # what chat templates render
+    return [{key: m[key] for key in kept if m.get(key) is not None} for m in messages]
 
 
 def _opening_header_end(render, upto: str) -> int:
@@ -139,6 +146,16 @@ def _chat_example(tokenizer, messages: list[dict[str, str]], where: str) -> Exam
         except TemplateError as err:  # the template's own raise_exception(...), e.g. roles must alternate
             raise DataError(f"{where}: the chat template refuses this conversation: {err}") from err
 
+    for i, message in enumerate(messages):
+        if message.get("tool_calls"):
+            without = {key: value for key, value in message.items() if key != "tool_calls"}
+            prefix = messages[:i]
+            if render([*prefix, message], tokenize=False) == render([*prefix, without], tokenize=False):
+                raise DataError(
+                    f"{where}: message {i} ({message['role']}) has tool_calls, which this tokenizer's chat "
+                    "template does not render, so they would be dropped from training. Use a model whose "
+                    "template renders tool calls, or write the call into the message's content."
+                )
     full = render(messages, tokenize=False)
     spans = []
     for i, message in enumerate(messages):

@@ -15,13 +15,22 @@ from typing import Any
 
 from psft_lightning.data.hub import is_hub, load_hub, parse_hub
 from psft_lightning.errors import DataError
+from psft_lightning.paths import why_missing
 
 Row = tuple[dict[str, Any], str]
+
+
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _decode(path: str, data: bytes) -> str:
     """UTF-8 text of a JSON file with "\n" line ends; a bad byte is reported by line and column."""
     data = data.removeprefix(codecs.BOM_UTF8)  # a leading byte-order mark is not JSON
+    if data.startswith(GZIP_MAGIC):
+        raise DataError(
+            f"{path} is gzip-compressed, not JSON text: decompress it first (gunzip -c {path} > "
+            f"{os.path.basename(path).removesuffix('.gz')}.plain)"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -156,7 +165,7 @@ def read_rows(path: str, split: str = "train") -> Iterator[Row]:
         yield from _dataset_rows(load_hub(spec), spec.label)
         return
     if not os.path.exists(path):
-        raise DataError(f"{path}: no such file or directory")
+        raise DataError(f"{path}: {why_missing(path)}")
     if os.path.isdir(path):
         import datasets
 

@@ -32,7 +32,7 @@ class ASFT(Objective):
     """DFT anchored to the initial model by lambda * KL(pi_base || pi_theta) (``kl_weight``, 0.1)."""
 
     def __init__(self, kl_weight: float = 0.1) -> None:
-        if kl_weight < 0:
+        if not kl_weight >= 0:
             raise ConfigError(f"asft kl_weight must be >= 0, got {kl_weight}")
         self.kl_weight = kl_weight
 

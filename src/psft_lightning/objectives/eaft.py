@@ -10,6 +10,7 @@ from functools import partial
 
 from torch import Tensor
 
+from psft_lightning.errors import ConfigError
 from psft_lightning.objectives.base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
 from psft_lightning.objectives.needs import Needs
 from psft_lightning.objectives.token_mean import masked_contribution, nll_loss, normaliser
@@ -40,6 +41,11 @@ class EAFT(Objective):
     """NLL weighted by the policy's normalised top-20 entropy (stop-gradient), to the power ``alpha``."""
 
     def __init__(self, alpha: float = 1.0) -> None:
+        if not alpha >= 0:
+            raise ConfigError(
+                f"eaft alpha must be >= 0, got {alpha}: a negative power weights confident tokens most "
+                "(0 is plain ce)"
+            )
         self.alpha = alpha
 
     def needs(self) -> Needs:

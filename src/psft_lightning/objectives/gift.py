@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from psft_lightning.errors import ConfigError
 from psft_lightning.objectives.base import Objective, ObjectiveInputs, ObjectiveOutput, register_objective
 from psft_lightning.objectives.needs import Needs
 from psft_lightning.objectives.token_mean import masked_contribution, nll_loss, normaliser
@@ -51,6 +52,11 @@ class GIFT(Objective):
     """Cross-entropy to softmax(log pi_ref + beta * onehot(y)): SFT that keeps pi_ref's other mass."""
 
     def __init__(self, beta: float = 20.0) -> None:
+        if not beta > 0:
+            raise ConfigError(
+                f"gift beta must be > 0, got {beta}: it is the gain on the data token (0 ignores the data, "
+                "a negative beta trains away from it)"
+            )
         self.beta = beta
 
     def needs(self) -> Needs:

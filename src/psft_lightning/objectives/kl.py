@@ -20,7 +20,7 @@ class KL(Objective):
     """
 
     def __init__(self, beta: float = 0.1, direction: KLDirection = "reverse") -> None:
-        if beta < 0:
+        if not beta >= 0:
             raise ConfigError(f"kl beta must be >= 0, got {beta}")
         if direction not in ("reverse", "forward"):
             raise ConfigError(f"kl direction must be reverse or forward, got {direction!r}")

@@ -70,7 +70,7 @@ def psft_terms(
 def check_clip(clip_low: float, clip_high: float) -> None:
     if not 0.0 <= clip_low < 1.0:
         raise ConfigError(f"clip_low must be in [0, 1), got {clip_low}")
-    if clip_high < 0.0:
+    if not clip_high >= 0.0:
         raise ConfigError(f"clip_high must be >= 0, got {clip_high}")
 
 

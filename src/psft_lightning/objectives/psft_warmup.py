@@ -15,7 +15,7 @@ class PSFTWarmup(PSFT):
 
     def __init__(self, warmup_steps: int = 10, clip_low: float = 0.2, clip_high: float = 0.28) -> None:
         super().__init__(clip_low, clip_high)
-        if warmup_steps < 0:
+        if not warmup_steps >= 0:
             raise ConfigError(f"psft_warmup warmup_steps must be >= 0, got {warmup_steps}")
         self.warmup_steps = warmup_steps
 

@@ -19,6 +19,7 @@ import os
 import re
 
 from psft_lightning.commands import command_parser
+from psft_lightning.errors import ConfigError
 
 DEFAULT_TAGS = [
     "eval/entropy",
@@ -42,7 +43,11 @@ def find_runs(patterns: list[str]) -> dict[str, str]:
                 if any(f.startswith("events.out.tfevents.") for f in files):
                     folders.append(os.path.normpath(folder))
     if not folders:
-        raise SystemExit(f"no TensorBoard event files under {patterns}")
+        missing = [pattern for pattern in patterns if not glob.glob(pattern)]
+        where = f"; {', '.join(missing)} does not exist" if missing else ""
+        raise ConfigError(
+            f"no TensorBoard event files (events.out.tfevents.*) under {', '.join(patterns)}{where}"
+        )
     common = os.path.commonpath(folders) if len(folders) > 1 else os.path.dirname(folders[0])
     runs = {}
     for folder in dict.fromkeys(folders):
@@ -69,6 +74,11 @@ def read_scalars(folder: str) -> Series:
     return series
 
 
+def png_name(tag: str) -> str:
+    """The file ``plot`` draws ``tag`` into."""
+    return tag.replace("/", "_").replace("@", "_at_") + ".png"
+
+
 def plot(runs: dict[str, Series], tags: list[str], out: str) -> list[str]:
     """One PNG per tag that any run has; returns the written paths."""
     import matplotlib
@@ -92,7 +102,7 @@ def plot(runs: dict[str, Series], tags: list[str], out: str) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = os.path.join(out, tag.replace("/", "_").replace("@", "_at_") + ".png")
+        path = os.path.join(out, png_name(tag))
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)

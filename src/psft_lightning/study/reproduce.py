@@ -26,19 +26,21 @@ import dataclasses
 import json
 import logging
 import shlex
-import shutil
 import time
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
 from psft_lightning.commands import command_parser
+from psft_lightning.errors import ConfigError
+from psft_lightning.owned import MANIFEST, recorded
+from psft_lightning.owned import record as record_owned
 from psft_lightning.study.budgets import BUDGETS, LABELS
 from psft_lightning.study.page import write_results
-from psft_lightning.study.plots import plot, read_scalars
+from psft_lightning.study.plots import plot, png_name, read_scalars
 from psft_lightning.study.refresh import REFRESH_SWEEP, interval, refresh_sweep
 from psft_lightning.study.rl_page import CURVES, curves
-from psft_lightning.study.runs import measure
+from psft_lightning.study.runs import STUDY, measure
 from psft_lightning.study.selection import Task
 
 TAGS = ["train/entropy", "eval/entropy", "dev/accuracy", "train/loss", "psft/clip_frac"]
@@ -50,8 +52,17 @@ def parser() -> ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", help="default: the budget's seeds")
     parser.add_argument("--model", help="base model (default: the budget's; 'tiny' for a quick check)")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the repository: configs/, data/")
-    parser.add_argument("--out", type=Path, help="default: <root>/docs/results.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"default: <root>/docs/results.md for the {COMMITTED} budget, else <runs-dir>/results.md",
+    )
     parser.add_argument("--plots", type=Path, help="PNG folder (default: <out folder>/results)")
+    parser.add_argument(
+        "--overwrite-committed",
+        action="store_true",
+        help="write over a page whose record (<plots>/results.json) is of another budget",
+    )
     parser.add_argument("--runs-dir", type=Path, help="logs, configs, records (default: <root>/runs/study)")
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the page and plots from --runs-dir's results.json"
@@ -74,13 +85,16 @@ def parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> Path:
     args = parser().parse_args(argv)
     root = args.root
-    out = args.out or root / "docs" / "results.md"
     runs_dir = args.runs_dir or root / "runs" / "study"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     saved = runs_dir / "results.json"
     if args.report_only:
-        record = json.loads(saved.read_text(encoding="utf-8"))
+        record = read_record(saved)
+        out, plots_dir = outputs(args, root, runs_dir, record["budget"])
+        check_run_folders(record, runs_dir)
     else:
+        out, plots_dir = outputs(args, root, runs_dir, args.budget)
+        prepare_plots(plots_dir)
         task = Task(
             **{
                 f.name: str(root / value) if f.name.endswith("_file") else value
@@ -110,11 +124,80 @@ def main(argv: list[str] | None = None) -> Path:
         seeds=tuple(record["seeds"]),
         refresh_sweep=tuple(record.get("refresh_sweep", ())),
     )
-    plots_dir = args.plots or out.parent / "results"
-    shutil.rmtree(plots_dir, ignore_errors=True)
+    prepare_plots(plots_dir)
     runs = {LABELS[name]: read_scalars(chosen[0]["folder"]) for name, chosen in record["chosen"].items()}
     plots = plot(runs, TAGS, str(plots_dir))
     rl_plots = plot(curves(record), list(CURVES), str(plots_dir))
+    written = {Path(path).name for path in [*plots, *rl_plots]}
+    ours = set(recorded(plots_dir, STUDY))
+    if not args.report_only:  # report-only deletes nothing; a study drops its own plots it no longer draws
+        for name in sorted(ours - written):
+            (plots_dir / name).unlink(missing_ok=True)
+        ours = set()
+    record_owned(plots_dir, STUDY, ours | written)
     write_results(out, record, budget, record["command"], root, plots, rl_plots)
     print(f"wrote {out} and {len(plots)} plots to {plots_dir}; runs took {record['seconds'] / 60:.1f} min")
     return out
+
+
+COMMITTED = "standard"  # the budget of the page and record committed in docs/
+
+
+def outputs(args, root: Path, runs_dir: Path, budget: str) -> tuple[Path, Path]:
+    """The page and the plots folder. Only the committed budget writes docs/results.md by default; a
+    page whose record (``<plots>/results.json``, as committed) is of another budget is kept unless
+    ``--overwrite-committed``."""
+    out = args.out or (root / "docs" / "results.md" if budget == COMMITTED else runs_dir / "results.md")
+    plots_dir = args.plots or out.parent / "results"
+    committed = plots_dir / "results.json"
+    try:
+        other = (
+            json.loads(committed.read_text(encoding="utf-8")).get("budget") if committed.is_file() else None
+        )
+    except ValueError:
+        other = None
+    if other not in (None, budget) and out.exists() and not args.overwrite_committed:
+        raise ConfigError(
+            f"{out} is the page of the {other!r} budget (its record: {committed}); this study's budget is "
+            f"{budget!r}. Give another --out (and --plots), or pass --overwrite-committed to replace it"
+        )
+    return out, plots_dir
+
+
+def read_record(saved: Path) -> dict:
+    """The record a study wrote (``--report-only`` rewrites the page from it)."""
+    try:
+        return json.loads(saved.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"--report-only: {saved} does not exist; give the --runs-dir a study wrote (its results.json "
+            "and the runs' TensorBoard folders), or run the study without --report-only"
+        ) from None
+    except ValueError as err:
+        raise ConfigError(f"--report-only: {saved} is not a study record (JSON): {err}") from err
+
+
+def check_run_folders(record: dict, runs_dir: Path) -> None:
+    """``--report-only`` draws the plots from the selected runs' TensorBoard logs: all must be there."""
+    folders = [chosen[0]["folder"] for chosen in record["chosen"].values()]
+    missing = [folder for folder in folders if not Path(folder).is_dir()]
+    if missing:
+        raise ConfigError(
+            f"--report-only needs the runs' TensorBoard folders as well as {runs_dir / 'results.json'}; "
+            f"{len(missing)} of {len(folders)} are missing (e.g. {missing[0]}). Run --report-only where the "
+            "study ran (its --runs-dir with the runs' folders), or run the study again"
+        )
+
+
+def prepare_plots(plots_dir: Path) -> None:
+    """Refuse a plots folder where a plot would be drawn over a file the study did not write."""
+    names = [png_name(tag) for tag in (*TAGS, *CURVES)]
+    ours = set(recorded(plots_dir, STUDY))
+    if plots_dir.is_symlink() or (plots_dir.exists() and not plots_dir.is_dir()):
+        raise ConfigError(f"--plots {plots_dir} is not a plain folder (a file or a symbolic link)")
+    clash = [name for name in names if (plots_dir / name).exists() and name not in ours]
+    if clash:
+        raise ConfigError(
+            f"--plots {plots_dir}: {', '.join(clash)} was not written by psft study, which draws only over "
+            f"its own plots (listed in {MANIFEST}); choose another --plots folder"
+        )

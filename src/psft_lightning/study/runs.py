@@ -20,12 +20,26 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from psft_lightning.callbacks import ClippedTokens, GenerationEval, OldPolicy
 from psft_lightning.data.sources import read_rows
 from psft_lightning.fit import run_from_config
+from psft_lightning.owned import record, refuse_foreign, remove_recorded
 from psft_lightning.rl import GRPOSettings, run_grpo
 from psft_lightning.study.budgets import Budget, eval_config
 from psft_lightning.study.objectives import objective_configs, study_objectives
 from psft_lightning.study.selection import Scoring, Task
 
 log = logging.getLogger(__name__)
+STUDY = "psft study"  # the owner in the manifests of its runs and plots folders (``owned``)
+# what a study writes in its --runs-dir: runs per seed, RL follow-ups, the refresh sweep, the record,
+# and (for a budget other than the committed one) the page and its plots
+STUDY_ENTRIES = (
+    "seed*",
+    "rl_*",
+    "refresh",
+    "train_epoch.jsonl",
+    "drift_reference.*",
+    "results.json",
+    "results.md",
+    "results",
+)
 EXPORT_DIR = "model"  # the selected weights of a run the RL follow-up starts from, under its folder
 OOD_GROUPS = ["entropy", "mc", "drift", "if"]  # in-domain accuracy is SelectCheckpoint's, on dev/test
 
@@ -222,7 +236,9 @@ def measure(budget_name: str, budget: Budget, task: Task, model: str, runs_dir: 
     """The base model's scores, each objective's lr grid at the first seed (selected on dev), and the
     ``rerun`` objectives at their selected lr for every later seed."""
     begin, load_before = time.perf_counter(), os.getloadavg()[0]
-    shutil.rmtree(runs_dir, ignore_errors=True)
+    refuse_foreign(runs_dir, STUDY, "--runs-dir")
+    remove_recorded(runs_dir, STUDY)  # an earlier study's runs, and nothing else
+    record(runs_dir, STUDY, STUDY_ENTRIES)
     epoch_file(task, budget, runs_dir)
     first, *later = budget.seeds
     out = runs_dir / f"seed{first}"
