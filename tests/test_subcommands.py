@@ -34,9 +34,14 @@ def test_every_subcommand_prints_its_config(name, capsys):
     assert {key: printed[key] for key in expected} == expected
 
 
-def test_a_subcommand_reads_its_arguments_from_a_config_file(tmp_path):
+def test_a_subcommand_reads_its_arguments_from_a_config_file(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     config = tmp_path / "plot.yaml"
     config.write_text(yaml.safe_dump({"runs": [str(tmp_path / "empty")], "out": str(tmp_path / "p")}))
-    with pytest.raises(SystemExit, match="no TensorBoard event files"):
+    with pytest.raises(SystemExit) as stop:
         main(["plot", "--config", str(config)])
+    assert stop.value.code == 2
+    assert (
+        f"no TensorBoard event files (events.out.tfevents.*) under {tmp_path / 'empty'}"
+        in capsys.readouterr().err
+    )
