@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from test_family_objectives import assert_step_matches
 from test_ops import objective_problem
 
 from psft_lightning.errors import ConfigError
@@ -27,7 +28,6 @@ from psft_lightning.objectives import (
     trsft_loss,
 )
 from psft_lightning.ops import chunked_vocab_values
-from psft_lightning.step import objective_inputs
 
 P = [0.5, 0.25, 0.1, 0.8]
 
@@ -203,14 +203,7 @@ def test_vocab_objective_through_the_module_matches_full_logits(objective):
     assert needs.reference == (objective == "eksft") and (module.reference is not None) == needs.reference
     stats = module.token_stats(module.policy, batch, module.reference if needs.reference else None, needs)
     assert torch.allclose(stats.vocab.detach(), want_vocab.detach(), atol=1e-5, rtol=0)  # the gate/entropy
-    out = module.objective(objective_inputs(stats, needs, step=0, num_tokens=float(stats.logprobs.numel())))
-    out.loss.backward()
-    assert out.loss.item() == pytest.approx(want.item(), abs=1e-5)
-    for name, value in want_metrics.items():
-        assert out.metrics[name].item() == pytest.approx(value.item(), abs=1e-5), name
-    for (name, p), g in zip(module.policy.named_parameters(), want_grads, strict=True):
-        assert torch.allclose(p.grad, g, atol=1e-5, rtol=0), name
-    assert max(g.abs().max().item() for g in want_grads) > 1e-3
+    assert_step_matches(module, stats, needs, want, want_metrics, want_grads)
 
 
 def test_defaults_and_registration():

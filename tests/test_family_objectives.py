@@ -114,6 +114,11 @@ def test_vocab_objective_through_the_module_matches_full_logits(objective):
         module.policy, batch, module.reference_model() if needs.reference else None, needs
     )
     assert stats.ref_kl is None and stats.vocab is not None
+    assert_step_matches(module, stats, needs, want, want_metrics, want_grads)
+
+
+def assert_step_matches(module, stats, needs, want, want_metrics: dict, want_grads: list) -> None:
+    """The module's objective on its chunked statistics gives the naive loss, metrics and gradients."""
     out = module.objective(objective_inputs(stats, needs, step=0, num_tokens=float(stats.logprobs.numel())))
     out.loss.backward()
     assert out.loss.item() == pytest.approx(want.item(), abs=1e-5)
