@@ -14,16 +14,24 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from fsdp_job import RESUME_AT, launch, run, write_data
 from test_cli import scalars
 from tiny_run import subprocess_env, tiny_fit_args
 
-from psft_lightning.cli import main
+from psft_lightning.cli import main, run_cli
 from psft_lightning.errors import ConfigError
 from psft_lightning.models import tiny_model
 from psft_lightning.sequence_parallel import SequenceParallel, _document_mask, check_heads
 
 TOLERANCE = 1e-5  # fp32
+REPO = Path(__file__).resolve().parents[1]
+QWEN_HEADS = 28  # Qwen2.5-7B's attention heads (4 KV heads); SmolLM2-135M has 9 (3 KV heads)
+LONG_CONFIGS = {
+    "configs/long_traces.yaml": (3, 9),
+    "configs/paper/qwen2.5-7b-instruct_psft_8k.yaml": (2, QWEN_HEADS),
+    "configs/paper/qwen2.5-7b-instruct_psft_32k.yaml": (4, QWEN_HEADS),
+}
 SP_STRATEGY = (
     "--trainer.strategy={class_path: psft_lightning.strategies.FSDP2Strategy, "
     "init_args: {sequence_parallel_size: 2}}"
@@ -72,8 +80,12 @@ def test_slices_hold_labels_shifted_before_slicing():
     first, second = (SequenceParallel(None, 2, rank).shard(batch) for rank in (0, 1))
     assert first.input_ids.tolist() == [[11, 12, 13]] and second.input_ids.tolist() == [[14, 15, 0]]
     assert first.targets.tolist() == [[12, 13, 14]] and second.targets.tolist() == [[15, -100, -100]]
-    assert first.position_ids.tolist() == [[0, 1, 2]] and second.position_ids.tolist() == [[0, 1, 0]]
-    assert first.sequence_parallel.position_ids.tolist() == [[0, 1, 2, 0, 1, 0]]
+    assert first.position_ids.tolist() == [[0, 1, 2]] and second.position_ids.tolist() == [[0, 1, 2]]
+    assert first.sequence_parallel.position_ids.tolist() == [[0, 1, 2, 0, 1, 2]]
+    one_example = SequenceParallel(None, 2, 0).shard(
+        {k: v[:, :3] for k, v in batch.items() if k != "num_input_tokens"}
+    )
+    assert one_example.sequence_parallel.mask() is None  # padded to 4, still one example: causal SDPA
     assert (int(first.num_input_tokens), int(second.num_input_tokens)) == (3, 2)
     assert first.num_loss_tokens + second.num_loss_tokens == 4  # the whole row's, each once
     assert SequenceParallel(None, 2, 0).shard(first) is first  # a slice is not sliced again
@@ -179,3 +191,24 @@ def test_head_count_not_divisible_through_the_psft_command(arithmetic_files, tmp
         "LlamaForCausalLM has num_attention_heads=1 (num_key_value_heads=1)"
     ) in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("config", LONG_CONFIGS)
+def test_long_sequence_configs_parse_and_build(config, capsys, tmp_path, monkeypatch):
+    """The mesh each needs: k divides the processes and the model's heads; the paper configs keep the
+    paper's 8 examples per optimizer step."""
+    k, heads = LONG_CONFIGS[config]
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", config, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    trainer, data = printed["trainer"], printed["data"]
+    assert trainer["strategy"]["init_args"]["sequence_parallel_size"] == k
+    assert trainer["devices"] % k == 0 and heads % k == 0
+    if "paper" in config:
+        per_step = data["batch_size"] * trainer["devices"] // k * trainer["accumulate_grad_batches"]
+        assert per_step == 8 and data["max_length"] in (8192, 32768)
+    cli = run_cli(
+        ["--config", config, "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}"], run=False
+    )
+    assert cli.trainer.strategy.sequence_parallel_size == k

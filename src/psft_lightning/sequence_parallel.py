@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from psft_lightning.data.batch import Batch
 from psft_lightning.data.formats import IGNORE_INDEX
 from psft_lightning.errors import ConfigError
 
@@ -49,9 +50,9 @@ def _document_mask(position_ids: Tensor, attention_mask: Tensor | None) -> Tenso
     """Causal attention within each example: a new example starts where positions do not go up by 1.
     A padded query sees itself only (no row of SDPA may be empty). Empty when plainly causal."""
     rows, length = position_ids.shape
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-    single = not bool(starts[:, 1:].any())
+    breaks = position_ids.diff(dim=1) != 1
+    starts = F.pad(breaks, (1, 0), value=True)
+    single = not bool(breaks.any())
     if single and (attention_mask is None or bool(attention_mask.all())):
         return position_ids.new_empty(0, dtype=torch.bool)
     docs = starts.cumsum(1)
@@ -170,11 +171,9 @@ class SequenceParallel:
         sub = mesh[SEQUENCE_DIM]
         return cls(sub.get_group(), sub.size(), sub.get_local_rank())
 
-    def shard(self, batch):
+    def shard(self, batch: Batch | dict) -> Batch:
         """This rank's slice of every row of ``batch`` (a ``Batch`` or dict), labels shifted first and
         rows padded to a multiple of k (label -100); a slice is returned unchanged."""
-        from psft_lightning.data.batch import Batch
-
         batch = Batch.of(batch)
         if batch.sequence_parallel is not None:
             return batch
@@ -184,9 +183,11 @@ class SequenceParallel:
         if position_ids is None:
             position_ids = torch.arange(length, device=batch.input_ids.device).expand(rows, length)
         shifted = torch.full_like(batch.labels, IGNORE_INDEX)
-        shifted[:, :-1] = batch.labels[:, 1:]
+        shifted[:, :-1] = batch.targets  # shifted here, before slicing
         extra = padded - length
-        tail = torch.arange(extra, device=position_ids.device).expand(rows, extra)  # an example of its own
+        # the padding continues the last example: it is never a key of a real token (it comes last), and a
+        # single example per row keeps SDPA's causal kernels (no [L, L] mask)
+        tail = position_ids[:, -1:] + 1 + torch.arange(extra, device=position_ids.device)
         position_ids = torch.cat([position_ids, tail], 1)
         input_ids = F.pad(batch.input_ids, (0, extra))
         labels, shifted = (F.pad(t, (0, extra), value=IGNORE_INDEX) for t in (batch.labels, shifted))
@@ -202,7 +203,7 @@ class SequenceParallel:
             sequence_parallel=SequenceLayout(self.group, self.size, position_ids, mask),
         )
 
-    def _input_tokens(self, batch, mask: Tensor | None, cut: slice) -> Tensor:
+    def _input_tokens(self, batch: Batch, mask: Tensor | None, cut: slice) -> Tensor:
         """This slice's share of the real input tokens, so the group's shares add up to the batch's."""
         if mask is not None:
             return mask[:, cut].sum()
