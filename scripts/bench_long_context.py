@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--out", default="docs/long_context.json")
     args = parser.parse_args(argv)
+    setup = {"hidden": args.hidden, "layers": args.layers, "heads": 8, "kv_heads": 4, "threads_per_rank": 1}
     rows = []
     for length in args.lengths:
         for k in (1, args.k):
@@ -103,9 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
-    setup = {"hidden": args.hidden, "layers": args.layers, "heads": 8, "kv_heads": 4, "threads_per_rank": 1}
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump({"setup": setup, "rows": rows}, f, indent=1)
+            with open(args.out, "w", encoding="utf-8") as f:  # after every row: a long run keeps what it did
+                json.dump({"setup": setup, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,8 @@ def ulysses_attention(
         repeat = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1)
     q, kk, v = (slices_to_heads(t, group, k) for t in (query, key, value))
+    if kk.shape[1] != q.shape[1]:  # one KV head per query head: SDPA's fused kernels, not its GQA path
+        kk, v = (t.repeat_interleave(q.shape[1] // kk.shape[1], 1) for t in (kk, v))
     mask = sequence_parallel.mask()
     out = F.scaled_dot_product_attention(
         q,
@@ -129,7 +131,6 @@ def ulysses_attention(
         dropout_p=dropout if module.training else 0.0,
         is_causal=mask is None,
         scale=scaling,
-        enable_gqa=q.shape[1] != kk.shape[1],
     )
     return heads_to_slices(out, group, k).transpose(1, 2).contiguous(), None
 
