@@ -63,6 +63,7 @@ def run(
     accumulate: int = 1,
     old_policy_mode: str = "snapshot",
     precision: str = "32-true",
+    sequence_parallel: int = 1,
     **module_kwargs,
 ) -> dict[str, dict[int, float]]:
     """Train ``objective`` on the tiny model at global batch 4, validating every 3 steps; return the
@@ -77,7 +78,7 @@ def run(
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy=FSDP2Strategy() if devices > 1 else "auto",
+        strategy=FSDP2Strategy(sequence_parallel_size=sequence_parallel) if devices > 1 else "auto",
         precision=precision,
         max_steps=STEPS[objective],
         val_check_interval=3 * accumulate,
@@ -99,7 +100,7 @@ def run(
         tokenizer="tiny",
         use_chat_template=False,
         max_length=32,
-        batch_size=GLOBAL_BATCH // devices // accumulate,
+        batch_size=GLOBAL_BATCH // (devices // sequence_parallel) // accumulate,
         val_files=[data],
         max_val_examples=6,
     )
@@ -114,24 +115,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(data: str, out: Path, timeout_s: float = 300) -> dict:
-    """Start both ranks of this job (as torchrun would) and return rank 0's results; raises with both
-    ranks' log tails if one fails."""
+def launch(
+    data: str, out: Path, timeout_s: float = 300, script: str = "fsdp_job.py", processes: int = 2
+) -> dict:
+    """Start every rank of the job ``script`` (as torchrun would) and return rank 0's results; raises
+    with the ranks' log tails if one fails."""
     tests = Path(__file__).resolve().parent
     port = str(_free_port())
     ranks = []
-    for rank in range(2):
+    for rank in range(processes):
         env = {
             **os.environ,
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": port,
-            "WORLD_SIZE": "2",
+            "WORLD_SIZE": str(processes),
             "NODE_RANK": "0",
             "LOCAL_RANK": str(rank),
             "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
         }
         log = (out / f"rank{rank}.log").open("w")
-        cmd = [sys.executable, str(tests / "fsdp_job.py"), data, str(out)]
+        cmd = [sys.executable, str(tests / script), data, str(out)]
         ranks.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(proc.poll() is None for proc, _ in ranks):
@@ -144,8 +147,8 @@ def launch(data: str, out: Path, timeout_s: float = 300) -> dict:
             proc.wait()
         log.close()
     if any(proc.returncode for proc, _ in ranks):
-        tails = "\n".join((out / f"rank{r}.log").read_text()[-3000:] for r in range(2))
-        raise RuntimeError(f"2-process FSDP job failed:\n{tails}")
+        tails = "\n".join((out / f"rank{r}.log").read_text()[-3000:] for r in range(processes))
+        raise RuntimeError(f"{processes}-process job {script} failed:\n{tails}")
     return json.loads((out / "results.json").read_text())
 
 

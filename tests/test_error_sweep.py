@@ -214,6 +214,8 @@ SITES = {
     "psft_lightning.rl.grpo:run_grpo": "grpo",
     "psft_lightning.rl.dpo:run_dpo": "dpo",
     "psft_lightning.sharding:decoder_layers": "fsdp",
+    "psft_lightning.sequence_parallel:check_heads": "fit",
+    "psft_lightning.strategies:FSDP2Strategy.setup_environment": "fsdp",
     "psft_lightning.study.selection:Task.compiled": "select",
     "psft_lightning.study.selection:Task.questions": "select",
     "psft_lightning.study.selection:SelectCheckpoint.on_train_end": "select",

@@ -23,6 +23,7 @@ from psft_lightning.policies import Mode, OldPolicyModel, PolicySettings, build_
 from psft_lightning.policies.twins import check_strategy, drop_reference, keep_reference
 from psft_lightning.run_state import RunState
 from psft_lightning.schedule import AdamWImpl, Schedule, adamw, lr_schedule
+from psft_lightning.sequence_parallel import SequenceParallel
 from psft_lightning.sharding import FsdpDtype, is_sharded
 from psft_lightning.step import token_logprobs, token_stats, train_micro_batch
 from psft_lightning.step.stats import NO_NEEDS
@@ -122,6 +123,7 @@ class PSFTModule(L.LightningModule):
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None  # the frozen initial model, for a KL
         self.old_policy: nn.Module | None = None  # the FSDP2 snapshot, a submodule for sharded checkpoints
+        self.sequence: SequenceParallel | None = None  # this rank's sequence-parallel group, if any
         self.step_metrics = StepMetrics()
         self.val_metrics: ValidationMetrics | None = None
         self.run_state = RunState()
@@ -140,6 +142,7 @@ class PSFTModule(L.LightningModule):
         snapshot = needs.old_policy and (callback is None or callback.mode == "snapshot")
         twins = build_twins(self.settings, self.device_mesh, needs.reference, snapshot)
         self.policy, self.reference, self.old_policy = twins.policy, twins.reference, twins.old_policy
+        self.sequence = SequenceParallel.of(self.device_mesh)
         if self.hparams.compile:
             for model in (self.policy, self.reference, self.old_policy):
                 if model is not None:
@@ -148,8 +151,15 @@ class PSFTModule(L.LightningModule):
     def make_old_policy(self, mode: Mode) -> OldPolicyModel:
         """A new pi_old held as ``mode`` says, starting from the current policy; the OldPolicy callback
         keeps it. Its forward is the step's, at this run's chunks."""
-        forward = partial(token_logprobs, chunk_size=self.chunk_size)
+        forward = partial(self._sliced_logprobs, chunk_size=self.chunk_size)
         return build_old_policy(mode, self.policy, self.old_policy, self.lora is not None, forward)
+
+    def sliced(self, batch: dict):
+        """This rank's sequence-parallel slice of ``batch``; the batch itself without sequence parallelism."""
+        return self.sequence.shard(batch) if self.sequence is not None else batch
+
+    def _sliced_logprobs(self, model: nn.Module, batch: dict, chunk_size: int | None) -> Tensor:
+        return token_logprobs(model, self.sliced(batch), chunk_size)
 
     @property
     def old(self) -> OldPolicyModel | None:
@@ -186,6 +196,7 @@ class PSFTModule(L.LightningModule):
         # micro-batches sharing one optimizer step: Lightning divides by accumulation, DDP/FSDP average
         # over ranks, so the loss is multiplied back by both
         scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        batch = self.sliced(batch)
         result = train_micro_batch(
             self.objective, self.policy, self.reference_model(), self.old, batch, self.global_step, scale,
             batch_idx, self.chunk_size,
@@ -194,7 +205,7 @@ class PSFTModule(L.LightningModule):
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
             self._log_step()
         # the objective's per-token diagnostics reach callbacks (ClippedTokens) as on_train_batch_end outputs
-        return {"loss": result.output.loss * scale, "tokens": result.output.tokens}
+        return {"loss": result.output.loss * scale, "tokens": result.output.tokens, "batch": batch}
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         if self.reference is not None and is_sharded(self.reference):
@@ -237,7 +248,7 @@ class PSFTModule(L.LightningModule):
         self.val_metrics = ValidationMetrics(self.device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        stats = self.token_stats(self.policy, batch)
+        stats = self.token_stats(self.policy, self.sliced(batch))
         self.val_metrics.update(stats.logprobs, stats.correct, stats.entropy)
 
     def on_validation_epoch_end(self) -> None:

@@ -46,7 +46,8 @@ class ClippedTokens(L.Callback):
             return
         tokens = outputs.get("tokens", {}) if isinstance(outputs, dict) else {}
         if "psft/clipped_high" in tokens:
-            self._add(batch, tokens["psft/clipped_high"], tokens["psft/ratio"])
+            # the step's own batch: under sequence parallelism this rank's slice, whose tokens these are
+            self._add(outputs.get("batch", batch), tokens["psft/clipped_high"], tokens["psft/ratio"])
         if last:
             self._log(trainer, step + 1)
 

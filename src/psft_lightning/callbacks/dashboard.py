@@ -105,7 +105,10 @@ def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, H
         params["val_files"] = ", ".join(map(str, getattr(data, "val_files", [])))
         batch_size = getattr(data, "batch_size", None)
         if batch_size is not None:
-            params["batch_per_step"] = batch_size * trainer.accumulate_grad_batches * trainer.world_size
+            groups = trainer.world_size // getattr(
+                trainer.strategy, "sequence_parallel_size", 1
+            )  # share batches
+            params["batch_per_step"] = batch_size * trainer.accumulate_grad_batches * groups
     return {name: value for name, value in params.items() if isinstance(value, HParam)}
 
 

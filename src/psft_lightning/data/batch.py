@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,6 +28,10 @@ class Batch:
     ``num_input_tokens`` counts real (non-padding) input tokens, for tokens/s; ``step_loss_tokens`` is
     the loss-token count of the whole optimizer step (all micro-batches and ranks), when the data
     module knows it (``PSFTDataModule`` does), so the loss is divided by it exactly once.
+
+    A sequence-parallel slice (``SequenceParallel.shard``) also carries ``shifted_labels``, the next-token
+    targets of its own positions, shifted before the rows were sliced, and the ``sequence_parallel``
+    layout its attention needs.
     """
 
     input_ids: Tensor
@@ -35,6 +40,8 @@ class Batch:
     position_ids: Tensor | None = None
     num_input_tokens: Tensor | None = None
     step_loss_tokens: Tensor | None = None
+    shifted_labels: Tensor | None = None
+    sequence_parallel: Any = None  # sequence_parallel.SequenceLayout
 
     @classmethod
     def of(cls, batch: Batch | Mapping[str, Tensor]) -> Batch:
@@ -45,8 +52,14 @@ class Batch:
 
     @cached_property
     def targets(self) -> Tensor:
-        """The next-token target of every position but the last: ``labels`` shifted by one."""
-        return self.labels[:, 1:]
+        """The next-token target of every position but the last: ``labels`` shifted by one (of every
+        position of a sequence-parallel slice, whose last one predicts the next slice's first)."""
+        return self.labels[:, 1:] if self.shifted_labels is None else self.shifted_labels
+
+    def predicting(self, per_position: Tensor) -> Tensor:
+        """``per_position [rows, length, ...]`` at the positions that have a target (lined up with
+        ``targets``): all but the last, or all of a sequence-parallel slice."""
+        return per_position[:, :-1] if self.shifted_labels is None else per_position
 
     @cached_property
     def loss_mask(self) -> Tensor:
@@ -67,8 +80,11 @@ class Batch:
         return self.loss_mask.sum(1).tolist()
 
     def model_inputs(self) -> dict[str, Tensor]:
-        """The keyword arguments of the model's forward."""
-        return {name: getattr(self, name) for name in MODEL_INPUTS if getattr(self, name) is not None}
+        """The keyword arguments of the model's forward (a slice's layout reaches its attention)."""
+        inputs = {name: getattr(self, name) for name in MODEL_INPUTS if getattr(self, name) is not None}
+        if self.sequence_parallel is not None:
+            inputs["sequence_parallel"] = self.sequence_parallel
+        return inputs
 
     def input_tokens(self) -> Tensor:
         """Real (non-padding) input tokens, for tokens/s."""

@@ -277,8 +277,7 @@ class PSFTDataModule(L.LightningDataModule):
     def _shape(self) -> StepShape:
         trainer = self.trainer
         accumulate = trainer.accumulate_grad_batches if trainer else 1
-        world = trainer.world_size if trainer else 1
-        return StepShape(self.batch_size, accumulate, world)
+        return StepShape(self.batch_size, accumulate, _data_parallel(trainer)[1])
 
     def train_dataloader(self) -> StepBatches:
         if self.train_examples is None:  # called directly, not by a trainer that ran setup()
@@ -290,7 +289,7 @@ class PSFTDataModule(L.LightningDataModule):
             pad_id=self.tokenizer.pad_token_id,
             seed=self.seed,
             shuffle=self.shuffle,
-            rank=trainer.global_rank if trainer else 0,
+            rank=_data_parallel(trainer)[0],
             current_step=(lambda: trainer.global_step) if trainer else (lambda: 0),
             packing=self.packing,
             pack_length=self.pack_length,
@@ -308,6 +307,17 @@ class PSFTDataModule(L.LightningDataModule):
             shuffle=False,
             collate_fn=lambda batch: collate(batch, self.tokenizer.pad_token_id),
         )
+
+
+def _data_parallel(trainer) -> tuple[int, int]:
+    """(rank, count) among the processes that get different batches: the ranks of a sequence-parallel
+    group share theirs (``FSDP2Strategy(sequence_parallel_size=k)``), so there are world/k of them."""
+    if trainer is None:
+        return 0, 1
+    if getattr(trainer.strategy, "sequence_parallel_size", 1) > 1:
+        kwargs = trainer.strategy.distributed_sampler_kwargs
+        return kwargs["rank"], kwargs["num_replicas"]
+    return trainer.global_rank, trainer.world_size
 
 
 __all__ = ["IGNORE_INDEX", "OverlongReport", "PSFTDataModule", "SkipReport"]

@@ -4,13 +4,21 @@ initial weights: loading, attention, gradient checkpointing, LoRA and sharding i
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
 from psft_lightning.errors import ConfigError
 from psft_lightning.lora import LoraSettings, apply_lora
 from psft_lightning.models import load_model
+from psft_lightning.sequence_parallel import (
+    DATA_DIM,
+    SEQUENCE_DIM,
+    ULYSSES,
+    SequenceParallel,
+    check_heads,
+    register,
+)
 from psft_lightning.sharding import FsdpDtype, Sharder, sharded_twin, skeleton
 
 
@@ -32,6 +40,7 @@ class PolicySettings:
     lora: LoraSettings | None = None
     fsdp_param_dtype: FsdpDtype = "fp32"
     fsdp_reduce_dtype: FsdpDtype = "fp32"
+    sequence_parallel_size: int = 1  # set from the device mesh by build_twins
 
     def __post_init__(self) -> None:
         for name in ("fsdp_param_dtype", "fsdp_reduce_dtype"):
@@ -53,7 +62,11 @@ def load_policy(settings: PolicySettings) -> nn.Module:
     """The trainable policy in train mode, adapters injected under LoRA."""
     policy = load_model(settings.model, settings.tiny_config)
     policy.config.use_cache = False
-    if settings.attn_implementation:
+    check_heads(policy, settings.sequence_parallel_size)
+    if settings.sequence_parallel_size > 1:
+        register()
+        policy.set_attn_implementation(ULYSSES)  # SDPA around the all-to-alls, whatever was asked
+    elif settings.attn_implementation:
         try:
             policy.set_attn_implementation(settings.attn_implementation)
         except (ValueError, ImportError) as err:
@@ -70,6 +83,8 @@ def build_twins(settings: PolicySettings, mesh, reference: bool, snapshot: bool)
     """The policy and the twins asked for. Without a device mesh nothing is sharded (DDP and Lightning's
     FSDPStrategy wrap the module themselves later, twins included); with one, all are sharded with FSDP2
     and the snapshot exists from the start, so the sharded checkpoint carries its shards."""
+    sequence = SequenceParallel.of(mesh)
+    settings = replace(settings, sequence_parallel_size=sequence.size if sequence else 1)
     policy = load_policy(settings)
     reference = reference and settings.lora is None  # LoRA: the adapters switched off
     sharder = _sharder(mesh, settings)
@@ -93,7 +108,10 @@ def _sharder(mesh, settings: PolicySettings) -> Sharder | None:
             f"{mesh['tensor_parallel'].size()}. Use strategy psft_lightning.strategies.FSDP2Strategy, or "
             "ModelParallelStrategy with tensor_parallel_size: 1 and data_parallel_size: <world size>."
         )
-    dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+    if SEQUENCE_DIM in names:  # the ranks of a sequence-parallel group hold the same weights: shard over all
+        dp_mesh = mesh[DATA_DIM, SEQUENCE_DIM]._flatten()
+    else:
+        dp_mesh = mesh[DATA_DIM] if DATA_DIM in names else mesh
     return Sharder(dp_mesh, settings.fsdp_param_dtype, settings.fsdp_reduce_dtype)
 
 

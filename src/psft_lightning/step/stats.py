@@ -44,23 +44,23 @@ def token_stats(
     # a reference given without a declaration gets the reverse KL; one for a vocabulary function only, none
     with_kl = reference is not None and (needs.ref_kl is not None or needs.vocab_fn is None)
     if not uses_plain_head(model):
-        logits = model(**inputs, use_cache=False).logits[:, :-1][mask]
+        logits = batch.predicting(model(**inputs, use_cache=False).logits)[mask]
         ref_logits = None
         if reference is not None:
             with torch.no_grad(), adapters_disabled(reference):
-                ref_logits = reference(**inputs, use_cache=False).logits[:, :-1][mask]
+                ref_logits = batch.predicting(reference(**inputs, use_cache=False).logits)[mask]
         stats = naive_token_stats(logits, targets[mask], ref_logits if with_kl else None, direction)
         if needs.vocab_fn is not None:
             vocab_ref = ref_logits if needs.vocab_ref else None
             stats.vocab = naive_vocab_values(needs.vocab_fn, logits, targets[mask], vocab_ref)
         return stats
     _, head = backbone_and_head(model)
-    hidden = _final_hidden(model, inputs)[:, :-1][mask]
+    hidden = batch.predicting(_final_hidden(model, inputs))[mask]
     ref_hidden = ref_weight = None
     if reference is not None:
         _, ref_head = backbone_and_head(reference)
         with torch.no_grad(), adapters_disabled(reference):
-            ref_hidden = _final_hidden(reference, inputs)[:, :-1][mask]
+            ref_hidden = batch.predicting(_final_hidden(reference, inputs))[mask]
         ref_weight = ref_head.weight  # read after the forward: FSDP2 has gathered it by then
     kl_hidden, kl_weight = (ref_hidden, ref_weight) if with_kl else (None, None)
     stats = chunked_token_stats(
@@ -81,9 +81,9 @@ def token_logprobs(model: nn.Module, batch: Batch | dict, chunk_size: int | None
     batch = Batch.of(batch)
     targets, mask, inputs = batch.targets, batch.loss_mask, batch.model_inputs()
     if not uses_plain_head(model):
-        logits = model(**inputs, use_cache=False).logits[:, :-1][mask]
+        logits = batch.predicting(model(**inputs, use_cache=False).logits)[mask]
         return naive_logprobs(logits, targets[mask])
-    hidden = _final_hidden(model, inputs)[:, :-1][mask]
+    hidden = batch.predicting(_final_hidden(model, inputs))[mask]
     _, head = backbone_and_head(model)  # read after the forward: FSDP2 has gathered the weight by then
     return chunked_logprobs(hidden, head.weight, targets[mask], chunk_size)
 

@@ -51,7 +51,7 @@ def train_micro_batch(
         served = old.serve(batch, step)  # before the policy's forward (a LoRA snapshot swaps weights)
     stats = token_stats(policy, batch, reference if needs.reference else None, needs, chunk_size)
     n_local = stats.logprobs.numel()
-    if n_local == 0:
+    if n_local == 0 and batch.sequence_parallel is None:  # a slice may hold none; its group does
         raise DataError(
             f"training batch {batch_idx} has no loss tokens (all labels are -100); "
             "the loss would be NaN. "
