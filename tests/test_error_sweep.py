@@ -121,7 +121,7 @@ SITES = {
     "psft_lightning.callbacks.divergence:StopOnNonFinite.__init__": "fit",
     "psft_lightning.callbacks.periodic:PeriodicCheckpoint.__init__": "fit",
     "psft_lightning.checkpointing:check_resumable": "resume",
-    "psft_lightning.checkpointing:stop_timeout": "fit",
+    "psft_lightning.stopping:stop_timeout": "fit",
     "psft_lightning.fit:check_accumulation": "fit",
     "psft_lightning.data.order:check_same_order": "resume",
     "psft_lightning.resume:resolve_checkpoint": "resume",

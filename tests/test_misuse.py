@@ -11,8 +11,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny_run import subprocess_env
 
-from psft_lightning.checkpointing import PREEMPTED_EXIT_CODE
 from psft_lightning.schedule import lr_factor
+from psft_lightning.stopping import PREEMPTED_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")

@@ -18,8 +18,9 @@ import pytest
 import torch
 from tiny_run import subprocess_env
 
-from psft_lightning.checkpointing import PREEMPTED_EXIT_CODE, AtomicCheckpointIO, Preempted
+from psft_lightning.checkpointing import AtomicCheckpointIO
 from psft_lightning.cli import main, run_cli
+from psft_lightning.stopping import PREEMPTED_EXIT_CODE, Preempted
 
 TINY_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 

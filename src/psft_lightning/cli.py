@@ -23,9 +23,9 @@ from importlib.metadata import version
 from typing import Any
 
 from psft_lightning.boundary import error_boundary
-from psft_lightning.checkpointing import Preempted, stop_before_training
 from psft_lightning.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR, Diverged
 from psft_lightning.fit import rewrite_objective_names, run_cli
+from psft_lightning.stopping import Preempted, stop_before_training
 
 __all__ = ["main", "run_cli"]
 

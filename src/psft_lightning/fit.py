@@ -21,7 +21,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from psft_lightning.callbacks.dashboard import Dashboard, without_hp_metric
-from psft_lightning.checkpointing import CheckpointOnSignal, use_atomic_checkpoints
+from psft_lightning.checkpointing import use_atomic_checkpoints
 from psft_lightning.data import PSFTDataModule
 from psft_lightning.data.hub import is_hub
 from psft_lightning.errors import ConfigError
@@ -29,6 +29,7 @@ from psft_lightning.module import PSFTModule
 from psft_lightning.objectives import available_objectives, objective_class
 from psft_lightning.precision import auto_precision, precision_line
 from psft_lightning.resume import resolve_checkpoint
+from psft_lightning.stopping import CheckpointOnSignal
 
 log = logging.getLogger(__name__)
 
