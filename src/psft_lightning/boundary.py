@@ -60,6 +60,15 @@ def raised_in(err: BaseException, *packages: str) -> bool:
     return any(f"/{package}" in where for package in packages)
 
 
+def unreadable_checkpoint(err: BaseException, path: object = None) -> str:
+    """What a file ``torch.load`` refused is, in one sentence (its ``path`` when the caller knows it)."""
+    where = f" {path}" if path is not None else ""
+    return (
+        f"Cannot read the checkpoint{where}: it is truncated, corrupted, not a PyTorch checkpoint, or holds "
+        f"objects that weights_only loading refuses ({first_line(err)})"
+    )
+
+
 def first_line(err: BaseException) -> str:
     """The first line of ``err``'s message (torch's are pages long), or its type without one."""
     text = str(err).strip()
@@ -134,11 +143,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "checkpoint format",
         _torch_checkpoint,
-        lambda e: (
-            EXIT_USER_ERROR,
-            "cannot read the checkpoint: it is truncated, corrupted, not a PyTorch checkpoint, or holds "
-            f"objects weights_only loading refuses ({first_line(e)})",
-        ),
+        lambda e: (EXIT_USER_ERROR, unreadable_checkpoint(e)),
     ),
     Family(
         "missing package",

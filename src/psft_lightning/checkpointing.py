@@ -24,7 +24,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from psft_lightning.boundary import first_line
+from psft_lightning.boundary import unreadable_checkpoint
 from psft_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except Exception as err:  # unpickling bytes that are not a checkpoint fails with any error
             if not _is_local_file_protocol(path):
                 raise
-            raise ConfigError(
-                f"Cannot read the checkpoint {path}: it is truncated, corrupted, not a PyTorch checkpoint, "
-                f"or holds objects that weights_only loading refuses ({first_line(err)})"
-            ) from err
+            raise ConfigError(unreadable_checkpoint(err, path)) from err
 
     def write(self, checkpoint: dict[str, Any], f) -> None:
         """Serialise ``checkpoint`` into the open temporary file."""

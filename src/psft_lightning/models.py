@@ -102,6 +102,11 @@ def _is_hub_id(name: str) -> bool:
     )
 
 
+def unreadable_gguf(name: str, err: Exception) -> ConfigError:
+    """A ``.gguf`` that transformers cannot parse, for the tokenizer and the model alike."""
+    return ConfigError(f"{name} is not a readable GGUF file (truncated or corrupted?): {err}")
+
+
 @lru_cache(maxsize=8)
 def load_tokenizer(name: str):
     """The tokenizer for ``name``; a pad token is set (to EOS) when the tokenizer has none."""
@@ -119,7 +124,7 @@ def load_tokenizer(name: str):
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as err:  # ValueError: a directory without tokenizer files
         if "gguf_file" in kwargs and name.endswith(".gguf"):
-            raise ConfigError(f"{name} is not a readable GGUF file (truncated or corrupted?): {err}") from err
+            raise unreadable_gguf(name, err) from err
         raise ConfigError(
             f"Cannot load a tokenizer for model {name!r}: {err}. Use 'smollm2-135m-instruct' (embedded), "
             f"'{TINY}', a local Hugging Face directory, a .gguf file, or a hub id on a machine with access."
@@ -143,7 +148,7 @@ def load_model(name: str, tiny_config: dict | None = None, dtype: torch.dtype | 
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:  # ValueError: a directory whose config.json is no model's
         if name.endswith(".gguf"):
-            raise ConfigError(f"{name} is not a readable GGUF file (truncated or corrupted?): {err}") from err
+            raise unreadable_gguf(name, err) from err
         raise ConfigError(f"Cannot load model {name!r}: {err}") from err
     return model
 

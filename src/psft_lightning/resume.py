@@ -47,9 +47,10 @@ def resolve_checkpoint(cfg: Namespace, fitting: bool) -> None:
         where = f"; logging continues in {path.parent.parent}"
     step = checkpoint_step(path)
     max_steps = trainer.get("max_steps")
-    if fitting and isinstance(step, int) and isinstance(max_steps, int) and step == max_steps:
+    comparable = fitting and isinstance(step, int) and isinstance(max_steps, int)
+    if comparable and step == max_steps:
         log.info("%s is at trainer.max_steps (%d): nothing is left to train", path, step)
-    if fitting and isinstance(step, int) and isinstance(max_steps, int) and 0 <= max_steps < step:
+    if comparable and 0 <= max_steps < step:
         raise ConfigError(
             f"--ckpt_path {path} is at step {step} and trainer.max_steps is {max_steps}: nothing is left "
             f"to train. Give trainer.max_steps above {step} to train on (the lr schedule then follows the "

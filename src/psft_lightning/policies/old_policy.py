@@ -4,11 +4,10 @@
 log-probs of a micro-batch's loss tokens, as a function of the policy's own (always a tensor). On the
 step pi_old was refreshed at, pi_old is the policy itself, so they are the policy's own log-probs,
 detached, and no extra forward runs; that case is decided here, inside ``serve``, from what the held
-form's ``logprobs`` reports. ``refresh(step, coming)``
-makes the current policy pi_old. Plain PyTorch: the forward that turns a model and a batch into
-log-probs is given by whoever builds pi_old (``step.token_logprobs`` at the run's chunk size, as
-evaluation is given its scoring function), when to refresh is the OldPolicy callback's business, and
-nothing else knows which way pi_old is held:
+form's ``logprobs`` reports. ``refresh(step, coming)`` makes the current policy pi_old. Plain
+PyTorch: the forward that turns a model and a batch into log-probs is given by whoever builds pi_old
+(``step.token_logprobs`` at the run's chunk size, as evaluation is given its scoring function), when
+to refresh is the OldPolicy callback's business, and nothing else knows which way pi_old is held:
 
 - ``SnapshotOldPolicy``: a frozen copy of the weights (an FSDP2 twin sharded like the policy, or under
   LoRA a copy of the adapter tensors only), run on each later micro-batch;
