@@ -132,10 +132,10 @@ SPLITS = {"train": 1000, "val": 64, "dev": 128, "test": 256}  # default rows, in
 TEMPLATES = [one_step, buy_give, boxes_give, share, change, pages, three_step, split_bags, more_than, earn]
 
 
-def make_row(r: random.Random) -> dict[str, str | int]:
-    """Draw one problem and render its step-by-step answer."""
+def make_row(r: random.Random, templates: list = TEMPLATES) -> dict[str, str | int]:
+    """Draw one problem from ``templates`` and render its step-by-step answer."""
     person, other = r.sample(NAMES, 2)
-    question, steps = r.choice(TEMPLATES)(r, person, other[0], r.choice(ITEMS))
+    question, steps = r.choice(templates)(r, person, other[0], r.choice(ITEMS))
     lines = []
     for a, op, b in steps:
         value = apply(a, op, b)
@@ -147,13 +147,15 @@ def make_row(r: random.Random) -> dict[str, str | int]:
     return {"question": question, "answer": "\n".join(lines), "final": final}
 
 
-def generate(r: random.Random, count: int, seen: set[str]) -> list[dict[str, str | int]]:
+def generate(
+    r: random.Random, count: int, seen: set[str], templates: list = TEMPLATES
+) -> list[dict[str, str | int]]:
     """Draw ``count`` rows whose questions are not in ``seen`` (updated in place), sorted by question."""
     rows: list[dict[str, str | int]] = []
     for _ in range(100 * count + 1):
         if len(rows) == count:
             break
-        row = make_row(r)
+        row = make_row(r, templates)
         if row["question"] not in seen:
             seen.add(str(row["question"]))
             rows.append(row)
@@ -168,10 +170,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/arithmetic"), help="output directory")
     for split, count in SPLITS.items():
         parser.add_argument(f"--{split}", type=int, default=count, help=f"number of {split} rows")
+    names = [t.__name__ for t in TEMPLATES]
+    parser.add_argument(
+        "--templates", default=",".join(names), help=f"comma-separated subset of {', '.join(names)}"
+    )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.templates.split(",")) - set(names))
+    if unknown:
+        parser.error(f"unknown templates {unknown}; known: {names}")
+    templates = [t for t in TEMPLATES if t.__name__ in args.templates.split(",")]
     r, seen = random.Random(args.seed), set[str]()
     # one shared `seen`: no question of a split repeats one of an earlier split
-    splits = {split: generate(r, getattr(args, split), seen) for split in SPLITS}
+    splits = {split: generate(r, getattr(args, split), seen, templates) for split in SPLITS}
     args.out.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

@@ -11,10 +11,16 @@ DATA = Path(__file__).resolve().parent.parent / "data" / "arithmetic"
 SCRIPT = DATA.parent.parent / "scripts" / "make_example_data.py"
 
 
-def test_generator_rebuilds_the_bundled_splits_and_no_question_is_in_two(tmp_path):
+def generator():
+    """scripts/make_example_data.py as a module (scripts/ is not a package)."""
     spec = importlib.util.spec_from_file_location("make_example_data", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_generator_rebuilds_the_bundled_splits_and_no_question_is_in_two(tmp_path):
+    module = generator()
     module.main(["--out", str(tmp_path)])
     questions = {}
     for split, count in {"train": 1000, "val": 64, "dev": 128, "test": 256}.items():
@@ -28,3 +34,26 @@ def test_generator_rebuilds_the_bundled_splits_and_no_question_is_in_two(tmp_pat
     for i, first in enumerate(splits):
         for second in splits[i + 1 :]:
             assert not questions[first] & questions[second], (first, second)
+
+
+def test_generator_rebuilds_the_one_step_study_task(tmp_path):
+    module = generator()
+    module.main(["--templates", "one_step", "--out", str(tmp_path), "--test", "512"])
+    bundled = DATA.parent / "arithmetic_one_step"
+    for split, count in {"train": 1000, "val": 64, "dev": 128, "test": 512}.items():
+        text = (bundled / f"{split}.jsonl").read_bytes()
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == text, split
+        rows = [json.loads(line) for line in text.decode("utf-8").splitlines()]
+        assert len(rows) == count, split
+        assert all(len(row["answer"].splitlines()) == 2 for row in rows), split  # one step, then the answer
+
+
+def test_an_unknown_template_is_refused(capsys):
+    module = generator()
+    try:
+        module.main(["--templates", "one_step,nope"])
+    except SystemExit as stop:
+        assert stop.code == 2
+    else:
+        raise AssertionError("an unknown template was accepted")
+    assert "unknown templates ['nope']" in capsys.readouterr().err
