@@ -4,8 +4,9 @@ Cases (each in a fresh subprocess, so each peak memory is its own):
 - gemm:      this machine's matmul rate (fp32 and bf16, two sizes): the peak MFU is measured against;
 - head:      naive full-logits CE vs our chunked CE on a 152k-vocabulary Llama at length 2048;
 - objective: CE vs PSFT (snapshot old policy, a non-refresh step) vs KL on SmolLM2-135M, and the floor
-             parts timed alone (pi_old's no-grad log-prob forward, the reference's); with ``--dtype bf16``
-             also today's fp32 CE and PSFT steps (for-loop AdamW) side by side;
+             parts timed alone (pi_old's no-grad log-prob forward, the reference's), in ``--rounds``
+             rounds: each floor ratio is reported as its median over rounds and its range; with
+             ``--dtype bf16`` also today's fp32 CE and PSFT steps (for-loop AdamW, one round) side by side;
 - packing:   padded vs packed micro-batches of a variable-length mix;
 - vocab:     the built-in chunked KL vs the same KL written as a plugin's vocabulary function
              (``Needs(vocab_fn=...)``, evaluated by ``ops.chunked_vocab_values``) on the 152k vocabulary;
@@ -277,8 +278,11 @@ def gemm_peaks(results: list[dict], override: float | None) -> dict[str, float]:
 # ------------------------------------------------------------------------------------- one case
 def build_module(case: dict, spec: dict, args):
     """One policy for all variants of a case, the reference the KL needs, and pi_old as the module
-    holds it (snapshot, refreshed at step 0, so step 1 is a non-refresh step)."""
+    holds it (snapshot, refreshed at step 0, so step 1 is a non-refresh step), per dtype: under
+    ``--dtype bf16`` the frozen twins keep their Linears in bf16 as a bf16-mixed run's do, and today's
+    fp32 variants get a pi_old of their own in fp32."""
     from psft_lightning.module import PSFTModule
+    from psft_lightning.policies.twins import store_linears
 
     objectives = {v["objective"] for v in case["variants"]}
     module = PSFTModule(
@@ -292,15 +296,20 @@ def build_module(case: dict, spec: dict, args):
     )
     module.configure_model()
     module.policy.to(args.device)
+    twin_dtype = torch.bfloat16 if args.dtype == "bf16" else None
     if module.reference is not None:
         module.reference.to(args.device)
         with torch.no_grad():  # a reference that differs, so the KL and its gradient are not trivial
             for p in module.reference.parameters():
                 p.mul_(1.01)
-    old = module.make_old_policy("snapshot") if objectives & {"psft", "kl"} else None
-    if old is not None:
-        old.refresh(0, lambda: ())
-    return module, old
+        if twin_dtype is not None:
+            store_linears(module.reference, twin_dtype)
+    olds = {}
+    for dtype in {v["dtype"] for v in case["variants"]} if objectives & {"psft", "kl"} else ():
+        module.twin_dtype = twin_dtype if dtype == args.dtype else None
+        olds[dtype] = module.make_old_policy("snapshot")
+        olds[dtype].refresh(0, lambda: ())
+    return module, olds
 
 
 def vocab_reverse_kl(logits, ref_logits, targets):
@@ -320,13 +329,15 @@ def naive_stats(module, batch):
 
 
 def run_ours(case: dict, spec: dict, args) -> list[dict]:
-    """Time the case's variants round-robin, one optimizer step each per round, so that a change in
-    machine load hits all of them alike; memory is each variant's peak during its own steps."""
+    """Time the case's variants round-robin, one optimizer step each in turn, so that a change in
+    machine load hits all of them alike; memory is each variant's peak during its own steps. The floor
+    cases repeat for ``--rounds`` rounds of ``--steps`` steps each; every round's median step is kept,
+    so each ratio can be computed per round and its spread reported."""
     from psft_lightning.data.collate import collate, collate_packed
     from psft_lightning.schedule import adamw
 
     variants = case["variants"]
-    module, old = build_module(case, spec, args)
+    module, olds = build_module(case, spec, args)
     vocab = module.policy.config.vocab_size
     examples = make_examples(example_lengths(case["group"], spec["batch"], spec["seq"]), vocab)
     hp = module.hparams
@@ -341,7 +352,7 @@ def run_ours(case: dict, spec: dict, args) -> list[dict]:
         packed = variant["variant"] == "packed"
         batch = collate_packed(examples, PAD, spec["seq"]) if packed else collate(examples, PAD)
         batch = {k: v.to(args.device) for k, v in batch.items()}
-        forward = variant_step(module, old, variant, batch)
+        forward = variant_step(module, olds.get(variant["dtype"]), variant, batch)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[variant["dtype"]]
         autocast = torch.autocast(args.device, dtype=dtype) if dtype != torch.float32 else nullcontext()
         adam = None if variant["variant"] == "forward" else optimizer(variant.get("optimizer", hp.adamw))
@@ -367,27 +378,51 @@ def run_ours(case: dict, spec: dict, args) -> list[dict]:
         for _ in range(args.warmup - 1):
             step()
     times: list[list[float]] = [[] for _ in variants]
+    by_round: list[list[float]] = [[] for _ in variants]  # a repeated variant's median step per round
     peaks = [0] * len(variants)
-    for round_ in range(args.steps):
-        for i, (step, _) in enumerate(steps):
-            with PeakMemory(args.device) as memory:
-                sync(args.device)
-                start = time.perf_counter()
-                step()
-                sync(args.device)
-                times[i].append(time.perf_counter() - start)
-            peaks[i] = max(peaks[i], memory.peak)
-        print(f"  {case['group']}: round {round_ + 1}/{args.steps}", file=sys.stderr, flush=True)
+    repeated = [repeats(case, v, args) for v in variants]
+    rounds = args.rounds if any(repeated) else 1
+    for round_ in range(rounds):
+        timed = [i for i in range(len(variants)) if round_ == 0 or repeated[i]]
+        start_of_round = [len(times[i]) for i in range(len(variants))]
+        for _ in range(args.steps):
+            for i in timed:
+                with PeakMemory(args.device) as memory:
+                    sync(args.device)
+                    start = time.perf_counter()
+                    steps[i][0]()
+                    sync(args.device)
+                    times[i].append(time.perf_counter() - start)
+                peaks[i] = max(peaks[i], memory.peak)
+        for i in timed:
+            if repeated[i]:
+                by_round[i].append(median(times[i][start_of_round[i] :]))
+        print(f"  {case['group']}: round {round_ + 1}/{rounds}", file=sys.stderr, flush=True)
     flops = forward_flops_per_token(module.policy, spec["seq"])
     results = []
-    for variant, (step, batch), t, peak, t0 in zip(variants, steps, times, peaks, first, strict=True):
+    for variant, (step, batch), t, peak, t0, r in zip(
+        variants, steps, times, peaks, first, by_round, strict=True
+    ):
         result = summary(t, int(batch["num_input_tokens"]), peak, batch["input_ids"].numel())
         result["first_step_s"] = t0
+        if r:
+            result["round_s"] = r
         result["flops_per_token"] = flops * step_forwards(variant)
         if args.profile and case["group"] == "objective" and variant == profiled(variants, args):
             result["profile"] = profile(step, args.device)
         results.append(result)
     return results
+
+
+def repeats(case: dict, variant: dict, args) -> bool:
+    """Whether a variant is timed in every round: the floor cases (the objective group's steps and
+    forwards in the run's dtype), whose ratios are reported with their spread over rounds."""
+    return case["group"] == "objective" and variant["dtype"] == args.dtype
+
+
+def median(values: list[float]) -> float:
+    """The middle value (the upper one of an even count), as the step time is taken everywhere here."""
+    return sorted(values)[len(values) // 2]
 
 
 def variant_step(module, old, variant: dict, batch: dict):
@@ -520,7 +555,7 @@ def run_trl(case: dict, spec: dict, args) -> dict:
 
 
 def summary(times: list[float], tokens: int, peak: int, positions: int) -> dict:
-    step = sorted(times)[len(times) // 2]  # median step
+    step = median(times)
     return {
         "step_s": step,
         "step_times_s": times,
@@ -612,6 +647,8 @@ def ratios(results: list[dict], args) -> tuple[dict[str, float], dict[str, float
         out["bf16_mfu"] = bf16["mfu"]
     if ce and "mfu" in ce:
         info["ce_mfu"] = ce["mfu"]
+    for key, values in per_round(results, args).items():  # the floor ratios: their median over rounds
+        (out if key in TARGETS else info)[key] = median(values)
     builtin = find(results, group="vocab", variant="ours")
     vocab = find(results, group="vocab", variant="vocab")
     if builtin and vocab:
@@ -632,6 +669,41 @@ def ratios(results: list[dict], args) -> tuple[dict[str, float], dict[str, float
             out[f"ours_vs_trl_speed{setting}"] = mine["tokens_per_s"] / trl["tokens_per_s"]
             out[f"ours_vs_trl_memory{setting}"] = mine["peak_mem_mb"] / trl["peak_mem_mb"]
     return out, info
+
+
+def per_round(results: list[dict], args) -> dict[str, list[float]]:
+    """The floor ratios computed within each round, from the variants' median steps of that round, so
+    that their range is the spread of the ratio itself (not of the step times it is made of)."""
+    at = {"group": "objective", "dtype": args.dtype}
+    ce = find(results, variant="ours", objective="ce", **at)
+    out: dict[str, list[float]] = {}
+    if ce is None or "round_s" not in ce:
+        return out
+    for name in ("psft", "kl"):
+        step = find(results, variant="ours", objective=name, **at)
+        alone = find(results, variant="forward", objective=name, **at)
+        if step:
+            out[f"{name}_vs_ce"] = [s / c for s, c in zip(step["round_s"], ce["round_s"], strict=True)]
+        if step and alone:
+            rounds = zip(step["round_s"], ce["round_s"], alone["round_s"], strict=True)
+            out[f"{name}_vs_floor"] = [s / (c + a) for s, c, a in rounds]
+    psft = find(results, variant="ours", objective="psft", **at)
+    if args.dtype == "bf16" and psft and "mfu" in psft:  # MFU scales as 1 / step time
+        out["bf16_mfu"] = [psft["mfu"] * psft["step_s"] / s for s in psft["round_s"]]
+    return out
+
+
+def spreads(results: list[dict], args) -> dict[str, dict]:
+    """Median and range (min-max) over rounds of each floor ratio, with the per-round values."""
+    return {
+        key: {
+            "median": round(median(v), 4),
+            "min": round(min(v), 4),
+            "max": round(max(v), 4),
+            "rounds": [round(x, 4) for x in v],
+        }
+        for key, v in per_round(results, args).items()
+    }
 
 
 def verdicts(values: dict[str, float], quick: bool) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -682,15 +754,33 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {c['dtype']} | {c['n']} | {res['step_s']:.4f} | {res['flops_per_s'] / 1e9:,.0f} |"
             )
-    lines += ["", "## Targets", "", "| target | value | goal | met |", "|---|---|---|---|"]
+    spread = report.get("spread", {})
+
+    def span(key: str) -> str:
+        s = spread.get(key)
+        return f"{s['min']:.3f}-{s['max']:.3f} ({len(s['rounds'])})" if s else "-"
+
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "A ratio with a range is the median over rounds of the ratio computed within each round; the",
+        "range is its min-max over the rounds (their number in brackets).",
+        "",
+        "| target | value | range (rounds) | goal | met |",
+        "|---|---|---|---|---|",
+    ]
     for key, v in report["targets"].items():
-        lines.append(
-            f"| {v['what']} `{key}` | {v['value']} | {v['target']} | {'yes' if v['met'] else 'NO'} |"
-        )
+        met = "yes" if v["met"] else "NO"
+        lines.append(f"| {v['what']} `{key}` | {v['value']} | {span(key)} | {v['target']} | {met} |")
     for key, v in report.get("unchecked", {}).items():
-        lines.append(f"| {v['what']} `{key}` | {v['value']} | {v['target']} | not checked: {v['why']} |")
-    lines += ["", "| info | value |", "|---|---|"]
-    lines += [f"| {INFO[key]} `{key}` | {value:.3f} |" for key, value in report.get("info", {}).items()]
+        why = f"not checked: {v['why']}"
+        lines.append(f"| {v['what']} `{key}` | {v['value']} | {span(key)} | {v['target']} | {why} |")
+    lines += ["", "| info | value | range (rounds) |", "|---|---|---|"]
+    lines += [
+        f"| {INFO[key]} `{key}` | {value:.3f} | {span(key)} |"
+        for key, value in report.get("info", {}).items()
+    ]
     lines += [
         "",
         "## Cases",
@@ -745,6 +835,9 @@ def parse(argv: list[str] | None = None):
     p.add_argument("--chunk-size", type=int, default=None, help="LM-head chunk tokens (CPU 256, CUDA 2048)")
     p.add_argument("--steps", type=int, default=None, help="measured steps per variant (CPU 3, CUDA 10)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (CPU 1, CUDA 3)")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="rounds of --steps steps for the floor cases (median, range)"
+    )
     p.add_argument("--big-batch", type=int, default=1)
     p.add_argument("--big-seq", type=int, default=2048)
     p.add_argument("--small-batch", type=int, default=8, help="examples per step (the default config's 8)")
@@ -771,6 +864,8 @@ def parse(argv: list[str] | None = None):
     )
     p.add_argument("--data-num-proc", type=int, default=2, help="tokenising processes of the data case")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
     cuda = args.device == "cuda"
     args.steps = args.steps or (10 if cuda else 3)
     args.warmup = args.warmup or (3 if cuda else 1)
@@ -839,6 +934,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "targets": targets,
         "unchecked": unchecked,
         "info": {k: round(v, 4) for k, v in info.items()},
+        "spread": spreads(results, args),
         "results": results,
         "notes": args.note,
     }

@@ -20,7 +20,7 @@ from psft_lightning.models import check_packed_attention
 from psft_lightning.objectives import Needs, Objective, build_objective
 from psft_lightning.ops import TokenStats
 from psft_lightning.policies import Mode, OldPolicyModel, PolicySettings, build_old_policy, build_twins
-from psft_lightning.policies.twins import check_strategy, drop_reference, keep_reference
+from psft_lightning.policies.twins import AUTOCAST_DTYPES, check_strategy, drop_reference, keep_reference
 from psft_lightning.run_state import RunState
 from psft_lightning.schedule import AdamWImpl, Schedule, adamw, lr_schedule
 from psft_lightning.sequence_parallel import SequenceParallel
@@ -123,6 +123,7 @@ class PSFTModule(L.LightningModule):
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None  # the frozen initial model, for a KL
         self.old_policy: nn.Module | None = None  # the FSDP2 snapshot, a submodule for sharded checkpoints
+        self.twin_dtype: torch.dtype | None = None  # autocast's dtype: unsharded frozen twins' Linears
         self.sequence: SequenceParallel | None = None  # this rank's sequence-parallel group, if any
         self.step_metrics = StepMetrics()
         self.val_metrics: ValidationMetrics | None = None
@@ -140,7 +141,8 @@ class PSFTModule(L.LightningModule):
             check_strategy(self.trainer.strategy, self.hparams.objective_name, needs.old_policy)
         callback = held_by(self._trainer)  # its mode decides whether pi_old is a sharded weight copy
         snapshot = needs.old_policy and (callback is None or callback.mode == "snapshot")
-        twins = build_twins(self.settings, self.device_mesh, needs.reference, snapshot)
+        self.twin_dtype = self._autocast_dtype()
+        twins = build_twins(self.settings, self.device_mesh, needs.reference, snapshot, self.twin_dtype)
         self.policy, self.reference, self.old_policy = twins.policy, twins.reference, twins.old_policy
         self.sequence = SequenceParallel.of(self.device_mesh)
         if self.hparams.compile:
@@ -152,7 +154,18 @@ class PSFTModule(L.LightningModule):
         """A new pi_old held as ``mode`` says, starting from the current policy; the OldPolicy callback
         keeps it. Its forward is the step's, at this run's chunks."""
         forward = partial(self._sliced_logprobs, chunk_size=self.chunk_size)
-        return build_old_policy(mode, self.policy, self.old_policy, self.lora is not None, forward)
+        lora = self.lora is not None
+        return build_old_policy(mode, self.policy, self.old_policy, lora, forward, self.twin_dtype)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """The dtype the trainer's precision autocasts matmuls to (bf16 under bf16-mixed), in which the
+        frozen twins keep their Linears (``policies.twins.store_linears``); None without autocast, and
+        under Lightning's FSDPStrategy, whose flat parameters take one dtype per wrapped module."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(getattr(self._trainer, "strategy", None), FSDPStrategy):
+            return None
+        return AUTOCAST_DTYPES.get(str(getattr(self._trainer, "precision", None)))
 
     def sliced(self, batch: dict):
         """This rank's sequence-parallel slice of ``batch``; the batch itself without sequence parallelism."""

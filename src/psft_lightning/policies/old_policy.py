@@ -87,7 +87,8 @@ class SnapshotOldPolicy(OldPolicyModel):
 
     def _refresh(self, coming: Coming) -> None:
         """Copy the policy's weights into the snapshot, tensor by tensor (local shards under FSDP),
-        matched by key: under LoRA the snapshot holds the adapter tensors only."""
+        matched by key: under LoRA the snapshot holds the adapter tensors only. A snapshot that keeps
+        its Linears in autocast's dtype gets them cast here, once per refresh."""
         current = self.policy.state_dict()
         for key, old in self.model.state_dict().items():
             old.copy_(current[key])
@@ -162,16 +163,22 @@ class LookaheadOldPolicy(OldPolicyModel):
 
 
 def build_old_policy(
-    mode: Mode, policy: nn.Module, twin: nn.Module | None, lora: bool, logprobs_fn: LogprobsFn
+    mode: Mode,
+    policy: nn.Module,
+    twin: nn.Module | None,
+    lora: bool,
+    logprobs_fn: LogprobsFn,
+    linear_dtype: torch.dtype | None = None,
 ) -> OldPolicyModel:
     """pi_old held as ``mode`` says: a lookahead cache, or a snapshot (the adapters under LoRA, the
-    sharded ``twin`` built in ``configure_model`` under FSDP2, else a frozen copy made now)."""
+    sharded ``twin`` built in ``configure_model`` under FSDP2, else a frozen copy made now, its Linears
+    in ``linear_dtype`` when given: autocast's, so each refresh casts them once, not each forward)."""
     if mode == "lookahead":
         return LookaheadOldPolicy(policy, logprobs_fn)
     if lora:
         return SnapshotOldPolicy(policy, logprobs_fn, AdapterSnapshot(policy))
     if not is_sharded(policy):
-        return SnapshotOldPolicy(policy, logprobs_fn, frozen(policy))
+        return SnapshotOldPolicy(policy, logprobs_fn, frozen(policy, linear_dtype))
     if twin is None:
         raise RuntimeError("configure_model built no sharded old-policy snapshot for this objective")
     copy_local_shards(twin, policy)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 
+import torch
 from torch import nn
 
 from psft_lightning.errors import ConfigError
@@ -21,12 +22,34 @@ from psft_lightning.sequence_parallel import (
 )
 from psft_lightning.sharding import FsdpDtype, Sharder, sharded_twin, skeleton
 
+# the dtype autocast runs matmuls in under a Lightning precision (the frozen twins' Linears are kept in it)
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
-def frozen(model: nn.Module) -> nn.Module:
-    """A detached, eval-mode copy that takes no gradient (old policy, reference)."""
+
+def frozen(model: nn.Module, linear_dtype: torch.dtype | None = None) -> nn.Module:
+    """A detached, eval-mode copy that takes no gradient (old policy, reference); with ``linear_dtype``
+    its Linear layers are stored in that dtype (``store_linears``)."""
     clone = copy.deepcopy(model)
     clone.requires_grad_(False)
+    if linear_dtype is not None:
+        store_linears(clone, linear_dtype)
     return clone.eval()
+
+
+def store_linears(model: nn.Module, dtype: torch.dtype) -> None:
+    """Keep a frozen model's Linear weights and biases in autocast's compute ``dtype``, cast once here.
+
+    Autocast casts them to ``dtype`` on every forward anyway, and caches no cast of a weight that
+    takes no gradient: each forward of a frozen fp32 twin re-cast its weights (``aten::copy_``, about
+    a tenth of a no-grad forward on a CPU). The cast is the same rounding either way, so the twin's
+    forward under autocast gives the same bits. Embeddings and norms, which autocast runs in their
+    own dtype, stay as they are, and so does a Linear tied to the input embedding (a tied LM head).
+    Only for a twin run under autocast of ``dtype``: outside it, its Linears would meet fp32 inputs.
+    """
+    embedding = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear) and layer.weight is not embedding:
+            layer.to(dtype)
 
 
 @dataclass
@@ -79,17 +102,24 @@ def load_policy(settings: PolicySettings) -> nn.Module:
     return policy
 
 
-def build_twins(settings: PolicySettings, mesh, reference: bool, snapshot: bool) -> Twins:
+def build_twins(
+    settings: PolicySettings,
+    mesh,
+    reference: bool,
+    snapshot: bool,
+    linear_dtype: torch.dtype | None = None,
+) -> Twins:
     """The policy and the twins asked for. Without a device mesh nothing is sharded (DDP and Lightning's
     FSDPStrategy wrap the module themselves later, twins included); with one, all are sharded with FSDP2
-    and the snapshot exists from the start, so the sharded checkpoint carries its shards."""
+    and the snapshot exists from the start, so the sharded checkpoint carries its shards. An unsharded
+    reference keeps its Linears in ``linear_dtype`` (autocast's, see ``store_linears``) when given."""
     sequence = SequenceParallel.of(mesh)
     settings = replace(settings, sequence_parallel_size=sequence.size if sequence else 1)
     policy = load_policy(settings)
     reference = reference and settings.lora is None  # LoRA: the adapters switched off
     sharder = _sharder(mesh, settings)
     if sharder is None:
-        return Twins(policy, frozen(policy) if reference else None)
+        return Twins(policy, frozen(policy, linear_dtype) if reference else None)
     template = skeleton(policy)
     sharder(policy)
     ref_twin = sharded_twin(template, policy, sharder) if reference else None
