@@ -280,3 +280,24 @@ def test_psft_validate_runs_the_final_sets(tmp_path):
 def test_unknown_evaluation_sets_are_a_config_error():
     with pytest.raises(ConfigError, match="unknown evaluation set"):
         GenerationEval(final=["accuracy", "gsm8k"])
+
+
+def test_per_item_values_give_the_logged_metrics_and_each_set_is_timed(tiny, tmp_path):
+    """The study's frontier resamples these items: over all of them they must give what is logged."""
+    module, _ = tiny
+    suite = EvalSuite(EvalConfig(**SMALL))
+    metrics = suite.run(
+        subject(module, base_is_policy=False), ["mc", "drift", "if"], str(tmp_path / "d.jsonl")
+    )
+    items = suite.items
+    assert len(items["ood/mc_acc"]) == SMALL["num_mc"] and len(items["ood/if_strict"]) == SMALL["num_if"]
+    assert sum(items["ood/mc_acc"]) / len(items["ood/mc_acc"]) == metrics["ood/mc_acc"]
+    assert sum(items["ood/if_strict"]) / len(items["ood/if_strict"]) == metrics["ood/if_strict"]
+    nll, tokens = (sum(pair[i] for pair in items["ood/drift_nll"]) for i in (0, 1))
+    assert nll / tokens == metrics["ood/drift_nll"]
+    # the same number as the whole-set probe (one flat sum of the same log-probs)
+    examples = suite.drift_examples(subject(module, base_is_policy=False), str(tmp_path / "d.jsonl"))
+    assert metrics["ood/drift_nll"] == pytest.approx(
+        drift_nll(module.token_stats, module.policy, examples), rel=1e-9
+    )
+    assert set(suite.seconds) == {"mc", "drift", "if"} and all(s > 0 for s in suite.seconds.values())

@@ -274,3 +274,25 @@ def test_old_policy_state_dict_round_trip():
             assert torch.equal(a, b), name
         assert not torch.equal(restored.old.model.lm_head.weight, source.policy.lm_head.weight)
         assert not restored.is_due(5, 0) and restored.is_due(6, 0) and not restored.is_due(7, 0)
+
+
+def test_train_entropy_is_the_response_token_mean_of_the_policy_entropy_on_the_step_batch(
+    tmp_path, tokenizer
+):
+    """What the study plots per step (the paper's training-data entropy): the policy's entropy at every
+    response token of the step's batch, before the update, averaged over those tokens (not per example)."""
+    trainer, _ = run(tmp_path, "ce", batch_size=2, accumulate=2, tb=True)  # one step, two micro-batches
+    model = load_model("tiny")
+    total, count, per_example = 0.0, 0, []
+    for row in ROWS:
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + completion + [tokenizer.eos_token_id]])
+        with torch.no_grad():
+            logp = model(ids).logits[0, len(prompt) - 1 : -1].double().log_softmax(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        total, count = total + entropy.sum().item(), count + entropy.numel()
+        per_example.append(entropy.mean().item())
+    logged = scalars(trainer.logger.log_dir)["train/entropy"][0]  # keyed by the step it was computed at
+    assert logged == pytest.approx(total / count, rel=1e-5)
+    assert abs(logged - sum(per_example) / len(ROWS)) > 1e-3  # a mean of per-example means is not it

@@ -14,7 +14,9 @@ import pytest
 
 from psft_lightning.errors import ConfigError, DataError
 from psft_lightning.study.budgets import BUDGETS, LABELS
+from psft_lightning.study.frontier import score
 from psft_lightning.study.objectives import study_objectives
+from psft_lightning.study.plots import read_scalars
 from psft_lightning.study.runs import RunPlan, epoch_file, run
 from psft_lightning.study.selection import Task, correct
 
@@ -82,6 +84,56 @@ def test_the_study_runs_every_objective_through_the_grid_and_writes_the_page_and
     assert re.search(r"^PSFT, step \d+:$", page, re.MULTILINE)
     for name in ("train_entropy", "eval_entropy", "dev_accuracy", "train_loss", "psft_clip_frac"):
         assert (out / "results" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_every_epoch_of_sft_and_psft_is_a_frontier_point_and_claim_3_is_decided_on_them(studied):
+    out, page, record = studied
+    for name in ("ce", "psft"):
+        for r in [*record["grid"][name], *record["chosen"][name][1:]]:
+            assert [(p["epoch"], p["step"]) for p in r["points"]] == [(1, 8), (2, 16)]
+            assert [p["x"] for p in r["points"]] == [c["dev_accuracy"] for c in r["checkpoints"]]
+            for p in r["points"]:  # both sets at their budget sizes, per item
+                assert len(p["items"]["ood/mc_acc"]) == 2 and len(p["items"]["ood/drift_nll"]) == 2
+            chosen = next(p for p in r["points"] if p["step"] == r["selected"]["step"])
+            assert r["metrics"]["ood/drift_nll"] == pytest.approx(
+                score("ood/drift_nll", chosen["items"]["ood/drift_nll"])
+            )
+            # measured at each epoch end and not again at the final sets (the selected epoch's are kept)
+            logged = read_scalars(r["folder"])
+            assert [s for s, _ in logged["ood/drift_nll"]] == [8, 16] and len(logged["ood/if_strict"]) == 1
+    assert all(not r["points"] for r in record["grid"]["dft"])  # off the frontier: the final sets only
+    assert "## Claim 3 at equal learning: the frontier" in page and "(the paper's protocol)" in page
+    assert re.search(
+        r"^\| drift NLL ↓ \| [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \| seed 0: ", page, re.MULTILINE
+    )
+    assert re.search(r"^\| \(3\) PSFT forgets less .* PSFT - SFT at matched dev accuracy", page, re.MULTILINE)
+    assert (out / "results" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_entropy_is_recorded_per_step_with_its_epoch_boundaries(studied):
+    out, page, record = studied
+    for name in ("ce", "psft"):
+        assert [r["seed"] for r in record["chosen"][name]] == [0, 1]
+        for r in record["chosen"][name]:  # 16 rows / batch 2 = 8 steps per epoch, 2 epochs
+            assert [s for s, _ in r["entropy"]["train"]] == list(range(1, 17))
+            assert all(value > 0 for _, value in r["entropy"]["train"])
+            assert [c["step"] for c in r["checkpoints"]] == [8, 16]
+            assert [s for s, _ in r["entropy"]["probe"]] == [2, 4, 6, 8, 10, 12, 14, 16]  # entropy_every 2
+    assert "epochs ending after steps 8, 16 (dotted)" in page
+    assert (out / "results" / "entropy_over_epochs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_time_split_of_every_run_is_on_the_page(studied):
+    _, page, record = studied
+    parts = {"wall", "start-up", "train", "dev", "test", "probe", "mc", "drift", "if"}
+    for r in [record["base"], *record["grid"]["ce"], record["rl"]["psft"]["after"]]:
+        assert set(r["time"]) == parts and all(v >= 0 for v in r["time"].values())
+        assert r["time"]["wall"] == pytest.approx(sum(v for k, v in r["time"].items() if k != "wall"))
+        assert r["time"]["wall"] == r["wall_seconds"] and r["time"]["test"] > 0
+    assert record["base"]["time"]["dev"] > 0 and record["grid"]["ce"][0]["time"]["dev"] > 0
+    rows = re.findall(r"^\| (.+?) \| (\d+) \| \d+ \| \d+ \|.* \| (\d+)% \|$", page, re.MULTILINE)
+    assert rows[0][0] == "base model" and rows[-1][0] == "**total**"
+    assert len(rows) == 1 + 16 + 4 + 2 + 1  # the base, every run, the refresh sweep's own runs, 2 GRPO, total
 
 
 def test_the_rl_follow_up_starts_from_the_selected_checkpoints_and_is_evaluated(studied):

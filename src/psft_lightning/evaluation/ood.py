@@ -80,19 +80,32 @@ def mc_example(tokenizer, context: str, continuation: str) -> Example:
     return Example(whole, [IGNORE_INDEX] * len(context_ids) + whole[len(context_ids) :])
 
 
-def mc_scores(score: ScoreFn, model: nn.Module, tokenizer, items: list[MCItem], batch_size: int = 32) -> dict:
-    """``acc`` (argmax of summed log-likelihood) and ``acc_norm`` (divided by the choice's characters)."""
+def mc_items(
+    score: ScoreFn, model: nn.Module, tokenizer, items: list[MCItem], batch_size: int = 32
+) -> list[tuple[bool, bool]]:
+    """Per item, whether ``acc`` (argmax of summed log-likelihood) and ``acc_norm`` (divided by the
+    choice's characters) pick the answer: the study's frontier resamples items."""
     examples = [mc_example(tokenizer, mc_context(it.question), " " + c) for it in items for c in it.choices]
     loglik = [lp.sum().item() for lp in sequence_logprobs(score, model, examples, batch_size)]
-    acc = acc_norm = 0
+    right = []
     at = 0
     for item in items:
         scores = loglik[at : at + len(item.choices)]
         at += len(item.choices)
         normed = [s / len(c) for s, c in zip(scores, item.choices, strict=True)]
-        acc += max(range(len(scores)), key=scores.__getitem__) == item.answer
-        acc_norm += max(range(len(normed)), key=normed.__getitem__) == item.answer
-    return {"acc": acc / len(items), "acc_norm": acc_norm / len(items)}
+        right.append(
+            (
+                max(range(len(scores)), key=scores.__getitem__) == item.answer,
+                max(range(len(normed)), key=normed.__getitem__) == item.answer,
+            )
+        )
+    return right
+
+
+def mc_scores(score: ScoreFn, model: nn.Module, tokenizer, items: list[MCItem], batch_size: int = 32) -> dict:
+    """``acc`` and ``acc_norm`` over ``items`` (see ``mc_items``)."""
+    right = mc_items(score, model, tokenizer, items, batch_size)
+    return {"acc": sum(a for a, _ in right) / len(items), "acc_norm": sum(n for _, n in right) / len(items)}
 
 
 # ----------------------------------------------------------------------------------------- drift
@@ -140,7 +153,20 @@ def drift_nll(score: ScoreFn, model: nn.Module, examples: list[Example], batch_s
     return teacher_forced(score, model, examples, batch_size).nll
 
 
+def drift_items(
+    score: ScoreFn, model: nn.Module, examples: list[Example], batch_size: int = 16
+) -> list[tuple[float, int]]:
+    """Per base answer, its summed NLL under ``model`` and its token count: ``drift_nll`` is the sum of
+    the first over the sum of the second, and a resample of answers keeps that token weighting."""
+    return [(-lp.sum().item(), lp.numel()) for lp in sequence_logprobs(score, model, examples, batch_size)]
+
+
 # ------------------------------------------------------------------------- instruction following
 def if_strict(texts: list[str], items: list[IFItem]) -> float:
     """Prompt-level strict accuracy: the fraction of responses that meet every constraint."""
-    return sum(follows(t, it.checks) for t, it in zip(texts, items, strict=True)) / len(items)
+    return sum(if_items(texts, items)) / len(items)
+
+
+def if_items(texts: list[str], items: list[IFItem]) -> list[bool]:
+    """Per prompt, whether its response meets every constraint."""
+    return [follows(t, it.checks) for t, it in zip(texts, items, strict=True)]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from psft_lightning.data.formats import Fields, row_to_example
@@ -80,6 +83,8 @@ class EvalSuite:
             raise ConfigError("evaluation k and max_new_tokens must be >= 1")
         self._rows: list[dict] | None = None
         self._cache: dict[str, object] = {}
+        self.seconds: dict[str, float] = {}  # wall time spent on each group, over every ``run``
+        self.items: dict[str, list] = {}  # the last ``run``'s per-item values of mc, drift and if
 
     # ---------------------------------------------------------------------------------- data
     def rows(self) -> list[dict]:
@@ -138,37 +143,62 @@ class EvalSuite:
         c = self.config
         tokenizer, policy, score = subject.tokenizer, subject.policy, subject.score
         metrics: dict[str, float] = {}
+        self.items = {}
+        clock = self._clock
         drift = None
         if "drift" in groups:  # may generate with the base model: before the policy is put in eval mode
-            drift = self.drift_examples(subject, drift_cache)
+            with clock("drift"):
+                drift = self.drift_examples(subject, drift_cache)
         with isolated(policy, c.seed):
             if "accuracy" in groups:
-                rows = self._first(c.num_eval)
-                texts = self._answers(policy, tokenizer, rows, 1, 0.0)
-                finals = [int(r[c.final_field]) for r in rows]
-                metrics["eval/accuracy"] = accuracy([t[0] for t in texts], finals)
-                metrics["eval/answer_rate"] = sum(extract_answer(t[0]) is not None for t in texts) / len(rows)
+                with clock("accuracy"):
+                    rows = self._first(c.num_eval)
+                    texts = self._answers(policy, tokenizer, rows, 1, 0.0)
+                    finals = [int(r[c.final_field]) for r in rows]
+                    metrics["eval/accuracy"] = accuracy([t[0] for t in texts], finals)
+                    answered = sum(extract_answer(t[0]) is not None for t in texts)
+                    metrics["eval/answer_rate"] = answered / len(rows)
             if "avg_k" in groups:
-                rows = self._first(c.num_sampled or c.num_eval)
-                texts = self._answers(policy, tokenizer, rows, c.k, c.temperature)
-                flat = [t for sample in texts for t in sample]
-                finals = [int(r[c.final_field]) for r in rows for _ in range(c.k)]
-                metrics[f"eval/avg@{c.k}"] = accuracy(flat, finals)
+                with clock("avg_k"):
+                    rows = self._first(c.num_sampled or c.num_eval)
+                    texts = self._answers(policy, tokenizer, rows, c.k, c.temperature)
+                    flat = [t for sample in texts for t in sample]
+                    finals = [int(r[c.final_field]) for r in rows for _ in range(c.k)]
+                    metrics[f"eval/avg@{c.k}"] = accuracy(flat, finals)
             if "entropy" in groups:
-                probe = self._probe(tokenizer)
-                metrics["eval/entropy"] = teacher_forced(score, policy, probe, c.batch_size).entropy
+                with clock("entropy"):
+                    probe = self._probe(tokenizer)
+                    metrics["eval/entropy"] = teacher_forced(score, policy, probe, c.batch_size).entropy
             if "mc" in groups:
-                items = self._ood("general_knowledge.jsonl", ood.load_mc, c.num_mc)
-                scores = ood.mc_scores(score, policy, tokenizer, items, 2 * c.batch_size)
-                metrics["ood/mc_acc"], metrics["ood/mc_acc_norm"] = scores["acc"], scores["acc_norm"]
+                with clock("mc"):
+                    items = self._ood("general_knowledge.jsonl", ood.load_mc, c.num_mc)
+                    right = ood.mc_items(score, policy, tokenizer, items, 2 * c.batch_size)
+                    metrics["ood/mc_acc"] = sum(a for a, _ in right) / len(right)
+                    metrics["ood/mc_acc_norm"] = sum(n for _, n in right) / len(right)
+                    self.items["ood/mc_acc"] = [float(a) for a, _ in right]
             if drift is not None:
-                metrics["ood/drift_nll"] = ood.drift_nll(score, policy, drift, c.batch_size)
+                with clock("drift"):
+                    per_answer = ood.drift_items(score, policy, drift, c.batch_size)
+                    metrics["ood/drift_nll"] = sum(n for n, _ in per_answer) / sum(t for _, t in per_answer)
+                    self.items["ood/drift_nll"] = [list(pair) for pair in per_answer]
             if "if" in groups:
-                items = self._ood("if_probe.jsonl", ood.load_if, c.num_if)
-                prompts = render_prompts(tokenizer, [it.prompt for it in items], c.use_chat_template)
-                texts = generate(policy, tokenizer, prompts, c.if_max_new_tokens, c.batch_size)
-                metrics["ood/if_strict"] = ood.if_strict([t[0] for t in texts], items)
+                with clock("if"):
+                    items = self._ood("if_probe.jsonl", ood.load_if, c.num_if)
+                    prompts = render_prompts(tokenizer, [it.prompt for it in items], c.use_chat_template)
+                    texts = generate(policy, tokenizer, prompts, c.if_max_new_tokens, c.batch_size)
+                    followed = ood.if_items([t[0] for t in texts], items)
+                    metrics["ood/if_strict"] = sum(followed) / len(items)
+                    self.items["ood/if_strict"] = [float(f) for f in followed]
         return metrics
+
+    @contextmanager
+    def _clock(self, group: str) -> Iterator[None]:
+        """Add the block's wall time to ``seconds[group]`` (the study's train/eval split)."""
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[group] = self.seconds.get(group, 0.0) + time.perf_counter() - begin
 
     def _answers(self, policy, tokenizer, rows, samples: int, temperature: float) -> list[list[str]]:
         c = self.config

@@ -101,6 +101,13 @@ class Budget:
     rl: dict = field(default_factory=dict)  # GRPOSettings overrides of the RL follow-up; empty: none
     rl_from: tuple[str, ...] = ("ce", "psft")  # whose selected checkpoints (first seed) start GRPO
     refresh_sweep: tuple[int | str, ...] = ()  # PSFT's refresh intervals beyond the study; "never" too
+    # claim 3 at matched in-domain score (``study/frontier.py``): these objectives' runs (the grid and
+    # the re-runs) measure these OOD sets at every epoch checkpoint, not only at the selected one
+    frontier: tuple[str, ...] = ("ce", "psft")
+    frontier_ood: tuple[str, ...] = ("drift", "mc")
+    # the OOD sets of the objectives outside ``lrs`` at their selected checkpoint: the table's columns;
+    # claim 4 needs drift (SFT-KL and PSFT warm-up) and nothing decides on their MC or IF
+    peer_ood: tuple[str, ...] = ("mc", "drift", "if")
 
     def reruns(self) -> tuple[str, ...]:
         """The objectives re-run at every later seed."""
@@ -110,6 +117,22 @@ class Budget:
         """Trained runs of the study (the base model's evaluation not counted)."""
         grid = sum(len(self.lrs.get(name, (None,))) for name in study_objectives())
         return grid + len(self.reruns()) * (len(self.seeds) - 1) + self.sweep_runs()
+
+    def final_sets(self, objective: str) -> list[str]:
+        """The OOD sets ``objective``'s selected checkpoint is measured on."""
+        return ["mc", "drift", "if"] if objective in self.lrs else list(self.peer_ood)
+
+    def frontier_sets(self, objective: str) -> list[str]:
+        """The OOD sets ``objective``'s runs measure after every epoch (none off the frontier)."""
+        return list(self.frontier_ood) if objective in self.frontier else []
+
+    def frontier_runs(self) -> int:
+        """Runs whose every epoch checkpoint is a frontier point."""
+        return sum(
+            len(self.lrs.get(name, (None,))) + (len(self.seeds) - 1) * (name in self.reruns())
+            for name in self.frontier
+            if name in study_objectives()
+        )
 
     def sweep_runs(self) -> int:
         """Runs the refresh sweep adds: every interval but the study's own (that run is reused)."""
@@ -135,8 +158,11 @@ class Budget:
         train = self.train_rows * self.epochs * TOKENS_PER_ROW * SECONDS_PER_TRAIN_TOKEN[self.precision]
         fixed = SECONDS_PER_RUN + self.ood_seconds()
         steps = self.train_rows * self.epochs // self.batch_size
-        probes = steps // self.entropy_every * EvalConfig(**self.eval).num_probe * SECONDS_PER_PROBE_ROW
-        trained = train + probes + self.epochs * self.scoring["num_dev"] * answer + fixed
+        at_epochs = self.epochs if steps // self.epochs % self.entropy_every else 0  # the probe at each epoch
+        probe = EvalConfig(**self.eval).num_probe * SECONDS_PER_PROBE_ROW
+        probes = (steps // self.entropy_every + at_epochs) * probe
+        # SECONDS_PER_RUN holds one probe, which a trained run no longer makes at step 0 (the base run's)
+        trained = train + probes - probe + self.epochs * self.scoring["num_dev"] * answer + fixed
         total = fixed + test(self.scoring)  # the base model
         for objective in study_objectives():
             runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (
@@ -144,6 +170,14 @@ class Budget:
             )
             total += runs * (trained + test(self.scoring_of(objective)))
         total += self.sweep_runs() * (trained + test(self.scoring_of("psft")))
+        config = EvalConfig(**self.eval)
+        skipped = sum(set_cost(config, s) for s in ("mc", "drift", "if") if s not in self.peer_ood)
+        peers = [name for name in study_objectives() if name not in self.lrs]
+        total -= skipped * sum(1 + (len(self.seeds) - 1) * (name in self.reruns()) for name in peers)
+        # the frontier's sets at every epoch but the selected one (which the final sets would measure)
+        total += (
+            self.frontier_runs() * (self.epochs - 1) * sum(set_cost(config, s) for s in self.frontier_ood)
+        )
         if self.rl:  # GRPO, then the evaluation of its model, from each selected checkpoint
             rl = GRPOSettings(**self.rl)
             sampled = rl.steps * rl.batch_size * rl.num_generations * rl.max_new_tokens
@@ -157,21 +191,28 @@ class Budget:
 
 
 def ood_cost(sizes: dict) -> float:
-    """Seconds of the OOD sets at ``sizes`` (EvalConfig overrides) by the per-item rates above; an IF
-    answer costs in proportion to its length."""
+    """Seconds of the OOD sets at ``sizes`` (EvalConfig overrides) by the per-item rates above."""
     config = EvalConfig(**sizes)
-    rows = {name: getattr(config, name) or OOD_ROWS[name] for name in OOD_ROWS}
-    answers = rows["num_if"] * answer_seconds(config.batch_size) * config.if_max_new_tokens / 48
-    return answers + rows["num_mc"] * SECONDS_PER_MC_ITEM + rows["num_drift"] * SECONDS_PER_DRIFT_ROW
+    return sum(set_cost(config, name) for name in ("mc", "drift", "if"))
+
+
+def set_cost(config: EvalConfig, name: str) -> float:
+    """Seconds of one OOD set (``mc``, ``drift`` or ``if``); an IF answer costs in proportion to its
+    length."""
+    rows = getattr(config, f"num_{name}") or OOD_ROWS[f"num_{name}"]
+    if name == "if":
+        return rows * answer_seconds(config.batch_size) * config.if_max_new_tokens / 48
+    return rows * {"mc": SECONDS_PER_MC_ITEM, "drift": SECONDS_PER_DRIFT_ROW}[name]
 
 
 SMALL_OOD = {"num_probe": 16, "num_mc": 48, "num_drift": 16, "num_if": 12, "if_max_new_tokens": 48}
-# every OOD probe of the standard study with >= 50 items (one item < 2 points): all 64 instructions and
-# IF prompts, 64 of the 208 multiple-choice questions (100 until DEFT, TrSFT and EKSFT joined the peers:
-# three more runs, and the 90 minutes still hold)
+# the OOD probes of the standard study: all 64 instructions and IF prompts (one item < 2 points), 48 of
+# the 208 multiple-choice questions (100 until DEFT, TrSFT and EKSFT joined the peers; 64 until MC and
+# drift were measured at every epoch of SFT's and PSFT's runs for the frontier, which the 90 minutes
+# then held only with 48)
 STANDARD_OOD = {
     "num_probe": 16,
-    "num_mc": 64,
+    "num_mc": 48,
     "num_drift": 64,
     "num_if": 64,
     "if_max_new_tokens": 48,
@@ -214,6 +255,7 @@ BUDGETS = {
         scoring={"num_dev": 16, "num_test": 64, "k": 2, "num_sampled": 16, "max_new_tokens": 48},
         peer_scoring={"num_test": 16, "num_sampled": 8},
         eval=SMALL_OOD,
+        peer_ood=("drift",),
         lrs={"ce": (2e-5, 5e-5), "psft": (2e-5, 5e-5)},
         seeds=(0,),
         rerun=(),
@@ -237,6 +279,7 @@ BUDGETS = {
         },
         peer_scoring={"num_test": 64, "num_sampled": 16},
         eval=STANDARD_OOD,
+        peer_ood=("drift",),
         lrs={"ce": (1e-4, 3e-4), "psft": (1e-4, 3e-4)},
         lr=2e-4,
         rl={"steps": 4, "batch_size": 2, "num_generations": 4, "max_new_tokens": 40, "lr": 1e-5},

@@ -12,8 +12,12 @@ import torch
 from psft_lightning.callbacks.clipped_tokens import markdown_table
 from psft_lightning.study import paper
 from psft_lightning.study.budgets import BUDGETS, LABELS, PAPER, Budget
+from psft_lightning.study.curves import boundaries
+from psft_lightning.study.frontier import Matched, compare
+from psft_lightning.study.frontier_page import frontier_section
 from psft_lightning.study.refresh import refresh_rows
 from psft_lightning.study.rl_page import rl_section
+from psft_lightning.study.timing import time_rows
 from psft_lightning.study.verdicts import METRICS, mcnemar, paired, per_seed, spread, verdicts
 
 
@@ -40,7 +44,10 @@ def method_rows(record: dict, k: int) -> list[str]:
             str(len(runs)),
             spread(per_seed(runs, "test_greedy")),
             spread(per_seed(runs, "test_avg_k")),
-            *(spread(per_seed(runs, key)) for key in METRICS),
+            *(
+                spread(per_seed(runs, key)) if all(key in r["metrics"] for r in runs) else "-"
+                for key in METRICS
+            ),
             f"{statistics.fmean(r['wall_seconds'] for r in runs):.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -118,11 +125,62 @@ def refresh_section(record: dict, budget: Budget) -> list[str]:
     ]
 
 
+def entropy_section(record: dict, plot: Path | None, page: Path) -> list[str]:
+    """Claim 1 as the paper plots it: the training responses' entropy per step, over epochs."""
+    if plot is None:
+        return []
+    ce = record["chosen"]["ce"]
+    steps = sum(len(r["entropy"]["train"]) for r in ce) // len(ce)
+    return [
+        "## Entropy over epochs",
+        "",
+        "Left: `train/entropy` at every optimizer step, the mean over the step's response tokens of the "
+        "policy's entropy on its own training batch (teacher-forced, before the update), as the paper "
+        f"plots it; {steps} steps per run, epochs ending after steps "
+        f"{', '.join(map(str, boundaries(ce[0])))} (dotted). Right: the probe (`eval/entropy`, fixed dev "
+        "answers) at the same steps, the base model at 0. SFT and PSFT at their selected lr, every seed "
+        "(solid: the first).",
+        "",
+        f"![entropy over epochs]({os.path.relpath(plot, page.parent)})",
+        "",
+    ]
+
+
+def time_section(record: dict) -> list[str]:
+    """Where the study's wall time went, per run and in total."""
+    rows = time_rows(record)
+    if not rows:
+        return []
+    return [
+        "## Where the time went (training vs evaluation)",
+        "",
+        "Seconds per run: start-up (config, model and data load), training (every optimizer step and "
+        "the rest of the loop), and each evaluation: dev answers after each epoch, test answers (greedy "
+        "and sampled) at the selected checkpoint, the entropy probe, and the OOD sets (MC, drift, IF; on "
+        "the frontier's runs at every epoch). GRPO's time counts as training of its row. The machine is "
+        "shared: the load average above says how much other work ran beside the study.",
+        "",
+        *rows,
+        "",
+    ]
+
+
 def write_results(
-    path: Path, record: dict, budget: Budget, command: str, root: Path, plots: list, rl_plots: list = ()
+    path: Path,
+    record: dict,
+    budget: Budget,
+    command: str,
+    root: Path,
+    plots: list,
+    rl_plots: list = (),
+    figures: dict[str, Path | None] | None = None,
+    compared: dict[str, Matched | None] | None = None,
 ) -> None:
-    """The page: setup, tables, verdicts, the RL follow-up, clipped tokens, plots, budgets and the paper's
-    numbers."""
+    """The page: setup, tables, verdicts, the frontier, the RL follow-up, clipped tokens, plots, entropy
+    over epochs, the time split, budgets and the paper's numbers. ``figures``: the frontier and entropy
+    PNGs (``frontier`` and ``entropy``); ``compared``: ``frontier.compare(record)`` when computed."""
+    figures = figures or {}
+    compared = compare(record) if compared is None else compared
     k = budget.scoring["k"]
     task, seeds = record["task"], budget.seeds
     clipped = {n: record["chosen"][n][0]["clipped"] for n in ("psft", "psft_warmup") if n in record["chosen"]}
@@ -164,7 +222,7 @@ def write_results(
         "dev reference answers, lm-eval-style multiple choice, NLL of the base model's own answers (lower = "
         "less drift), prompt-level strict instruction following.",
         "",
-        "## Table (selected checkpoints, test split)",
+        "## Table (selected checkpoints, test split: the paper's protocol)",
         "",
         *method_rows(record, k),
         "",
@@ -176,8 +234,9 @@ def write_results(
         "",
         "| claim | shown here | numbers |",
         "|---|---|---|",
-        *[f"| {claim} | {verdict} | {detail} |" for claim, verdict, detail in verdicts(record)],
+        *[f"| {claim} | {verdict} | {detail} |" for claim, verdict, detail in verdicts(record, compared)],
         "",
+        *frontier_section(record, compared, figures.get("frontier"), path),
         *rl_section(record, budget, list(rl_plots), path),
         "## The lr grid and the dev curve",
         "",
@@ -201,6 +260,8 @@ def write_results(
         "",
         *[f"![{Path(p).stem}]({os.path.relpath(p, path.parent)})" for p in plots],
         "",
+        *entropy_section(record, figures.get("entropy"), path),
+        *time_section(record),
         "## Budgets",
         "",
         *budget_rows(),

@@ -36,6 +36,9 @@ from psft_lightning.errors import ConfigError
 from psft_lightning.owned import MANIFEST, recorded
 from psft_lightning.owned import record as record_owned
 from psft_lightning.study.budgets import BUDGETS, LABELS
+from psft_lightning.study.curves import ENTROPY_PNG, plot_entropy
+from psft_lightning.study.frontier import compare
+from psft_lightning.study.frontier_page import FRONTIER_PNG, plot_frontier
 from psft_lightning.study.page import write_results
 from psft_lightning.study.plots import plot, png_name, read_scalars
 from psft_lightning.study.refresh import REFRESH_SWEEP, interval, refresh_sweep
@@ -128,14 +131,19 @@ def main(argv: list[str] | None = None) -> Path:
     runs = {LABELS[name]: read_scalars(chosen[0]["folder"]) for name, chosen in record["chosen"].items()}
     plots = plot(runs, TAGS, str(plots_dir))
     rl_plots = plot(curves(record), list(CURVES), str(plots_dir))
-    written = {Path(path).name for path in [*plots, *rl_plots]}
+    compared = compare(record)
+    figures = {
+        "frontier": plot_frontier(record, plots_dir, compared),
+        "entropy": plot_entropy(record, plots_dir),
+    }
+    written = {Path(path).name for path in [*plots, *rl_plots, *filter(None, figures.values())]}
     ours = set(recorded(plots_dir, STUDY))
     if not args.report_only:  # report-only deletes nothing; a study drops its own plots it no longer draws
         for name in sorted(ours - written):
             (plots_dir / name).unlink(missing_ok=True)
         ours = set()
     record_owned(plots_dir, STUDY, ours | written)
-    write_results(out, record, budget, record["command"], root, plots, rl_plots)
+    write_results(out, record, budget, record["command"], root, plots, rl_plots, figures, compared)
     print(f"wrote {out} and {len(plots)} plots to {plots_dir}; runs took {record['seconds'] / 60:.1f} min")
     return out
 
@@ -191,7 +199,7 @@ def check_run_folders(record: dict, runs_dir: Path) -> None:
 
 def prepare_plots(plots_dir: Path) -> None:
     """Refuse a plots folder where a plot would be drawn over a file the study did not write."""
-    names = [png_name(tag) for tag in (*TAGS, *CURVES)]
+    names = [png_name(tag) for tag in (*TAGS, *CURVES)] + [FRONTIER_PNG, ENTROPY_PNG]
     ours = set(recorded(plots_dir, STUDY))
     if plots_dir.is_symlink() or (plots_dir.exists() and not plots_dir.is_dir()):
         raise ConfigError(f"--plots {plots_dir} is not a plain folder (a file or a symbolic link)")

@@ -23,8 +23,11 @@ from psft_lightning.fit import run_from_config
 from psft_lightning.owned import record, refuse_foreign, remove_recorded
 from psft_lightning.rl import GRPOSettings, run_grpo
 from psft_lightning.study.budgets import Budget, eval_config
+from psft_lightning.study.curves import entropy_curves
+from psft_lightning.study.frontier import frontier_points
 from psft_lightning.study.objectives import objective_configs, study_objectives
-from psft_lightning.study.selection import Scoring, Task
+from psft_lightning.study.selection import Scoring, SelectCheckpoint, Task
+from psft_lightning.study.timing import time_split
 
 log = logging.getLogger(__name__)
 STUDY = "psft study"  # the owner in the manifests of its runs and plots folders (``owned``)
@@ -136,11 +139,17 @@ def run_config(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
         "out_file": str(out / f"{name}.json"),
         "export_dir": str(out / name / EXPORT_DIR) if plan.export else None,
     }
+    # every epoch's checkpoint gets the probe, and on the frontier its OOD sets; the final sets then
+    # measure only the rest, on the selected weights (the base model's probe is the base run's)
+    frontier = budget.frontier_sets(objective) if plan.refresh_every is None else []  # not the sweep
+    every_epoch = [] if lr is None else ["entropy", *frontier]
+    measured = budget.final_sets(objective)
     evaluation = {
         "every_n_steps": 0 if lr is None else budget.entropy_every,
         "periodic": ["entropy"],
-        "start": [] if lr is None else ["entropy"],
-        "final": OOD_GROUPS,
+        "start": [],
+        "every_epoch": every_epoch,
+        "final": [g for g in OOD_GROUPS if g not in every_epoch and (lr is None or g in measured)],
         "config": {**eval_config(budget, root, Path(task.dev_file), fields), "final_field": task.final_field},
         "drift_cache": str(out.parent / f"drift_reference.{plan.drift_model or model}.jsonl"),
     }
@@ -181,13 +190,12 @@ def run(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     seconds = time.perf_counter() - begin
     record = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
     evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, GenerationEval))
-    last = evaluation.history[-1][0]
-    metrics = {k: v for step, m in evaluation.history if step == last for k, v in m.items()}
+    selection = next(c for c in cli.trainer.callbacks if isinstance(c, SelectCheckpoint))
+    # the selected epoch's own evaluations, then the final sets (run on the restored selected weights)
+    step = record["selected"]["step"]
+    at_selected = next((e["metrics"] for e in evaluation.epochs if e["step"] == step), {})
+    metrics = {**at_selected, **evaluation.final_metrics}
     metrics.pop("perf/eval_seconds", None)
-    # GenerationEval skips a set already evaluated at a step: a periodic probe at the last step makes the
-    # final entropy the last weights'; the probe at the selected step is the selected checkpoint's
-    probes = {step: m["eval/entropy"] for step, m in evaluation.history if "eval/entropy" in m}
-    metrics["eval/entropy"] = probes.get(record["selected"]["step"], metrics.get("eval/entropy"))
     clipped = next((c for c in cli.trainer.callbacks if isinstance(c, ClippedTokens)), None)
     tables = clipped.tables if clipped is not None else {}
     record.update(
@@ -197,10 +205,13 @@ def run(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
         folder=str(out / name),
         metrics=metrics,
         wall_seconds=seconds,
+        time=time_split(seconds, begin, selection, evaluation.suite),
+        points=frontier_points(record["checkpoints"], evaluation.epochs),
+        entropy=entropy_curves(out / name) if lr is not None else {},
         clipped={"step": max(tables), "rows": tables[max(tables)]} if tables else {},
     )
     log.info("%s seed %d: selected %s, %.0f s", name, seed, record["selected"], seconds)
-    del cli, evaluation, clipped
+    del cli, evaluation, selection, clipped
     gc.collect()  # the run's models are in reference cycles: free them before the next run loads its own
     return record
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -104,6 +105,8 @@ class SelectCheckpoint(L.Callback):
         self.best: dict | None = None
         self._sets: dict[str, list[tuple[str, str]]] = {}
         self._tokenizer = None
+        self.seconds = {"dev": 0.0, "test": 0.0}  # generation time per split (the study's time split)
+        self.started: float | None = None  # perf_counter when fit or validate began (after model load)
 
     def _set(self, split: str) -> list[tuple[str, str]]:
         if split not in self._sets:
@@ -126,14 +129,23 @@ class SelectCheckpoint(L.Callback):
         tokenizer = self._tokenizer
         prompts = render_prompts(tokenizer, [q for q, _ in questions])
         temperature = s.temperature if samples > 1 else 0.0
+        begin = time.perf_counter()
         with isolated(pl_module.policy, s.seed):
             texts = generate(
                 pl_module.policy, tokenizer, prompts, s.max_new_tokens, s.batch_size, samples, temperature
             )
+        self.seconds[split] += time.perf_counter() - begin
         return [
             sum(correct(t, final, self.pattern) for t in answers) / samples
             for answers, (_, final) in zip(texts, questions, strict=True)
         ]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dev = self.score(pl_module, "dev")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import statistics
 
 from psft_lightning.study.budgets import LABELS
+from psft_lightning.study.frontier import UNDECIDED, X_KEY, Matched, compare
 from psft_lightning.study.stats import Paired, mcnemar_exact, paired_bootstrap
 
 FLOOR = 0.25  # below this test accuracy for both SFT and PSFT, "matches" only means "both fail alike"
 MARGIN = 0.05  # parity in domain: PSFT within 5 points of SFT's test accuracy (non-inferiority)
-UNDECIDED = "cannot decide"
 METRICS = {
     "eval/entropy": "entropy",
     "ood/mc_acc": "MC acc",
@@ -61,8 +61,9 @@ def consistent(pairs: list[tuple[float, float]], holds) -> str:
     return "yes" if all(shown) else "no" if not any(shown) else UNDECIDED
 
 
-def verdicts(record: dict) -> list[tuple[str, str, str]]:
-    """Each claim, whether this run shows it, and the numbers it was decided on."""
+def verdicts(record: dict, compared: dict[str, Matched | None] | None = None) -> list[tuple[str, str, str]]:
+    """Each claim, whether this run shows it, and the numbers it was decided on (``compared``: the
+    frontier comparison, ``frontier.compare(record)``, when the caller has it already)."""
     chosen, base = record["chosen"], record["base"]
     ce_h, psft_h = per_seed(chosen["ce"], "eval/entropy"), per_seed(chosen["psft"], "eval/entropy")
     base_h = base["metrics"]["eval/entropy"]
@@ -89,20 +90,7 @@ def verdicts(record: dict) -> list[tuple[str, str, str]]:
             f"{FLOOR:.2f}",
         )
     )
-    drift = list(
-        zip(per_seed(chosen["ce"], "ood/drift_nll"), per_seed(chosen["psft"], "ood/drift_nll"), strict=False)
-    )
-    mc = [spread(per_seed(chosen[n], "ood/mc_acc")) for n in ("ce", "psft")]
-    ifs = [spread(per_seed(chosen[n], "ood/if_strict")) for n in ("ce", "psft")]
-    claims.append(
-        (
-            "(3) PSFT forgets less out of domain",
-            consistent(drift, lambda ce, psft: psft < ce),
-            f"drift NLL per seed, SFT vs PSFT: {', '.join(f'{a:.3f} vs {b:.3f}' for a, b in drift)} "
-            f"(decides: every seed lower for PSFT); MC acc SFT {mc[0]} vs PSFT {mc[1]}; IF strict SFT "
-            f"{ifs[0]} vs PSFT {ifs[1]} (reported, not decided: aggregate scores only)",
-        )
-    )
+    claims.append(forgetting(chosen, compared if compared is not None else compare(record)))
     between = []
     for name in ("kl", "psft_warmup"):
         for key in ("eval/entropy", "ood/drift_nll"):
@@ -122,6 +110,48 @@ def verdicts(record: dict) -> list[tuple[str, str, str]]:
     if {"ce", "psft"} <= set(record.get("rl") or {}):
         claims.append(rl_claim(record["rl"]))
     return claims
+
+
+def forgetting(chosen: dict[str, list[dict]], compared: dict[str, Matched | None]) -> tuple[str, str, str]:
+    """(3), decided at matched in-domain score on the first OOD metric measured at every epoch (drift
+    when measured); the selected checkpoints' numbers (the paper's protocol) are reported beside it."""
+    drift = list(
+        zip(per_seed(chosen["ce"], "ood/drift_nll"), per_seed(chosen["psft"], "ood/drift_nll"), strict=False)
+    )
+    mc = [spread(per_seed(chosen[n], "ood/mc_acc")) for n in ("ce", "psft")]
+    ifs = [spread(per_seed(chosen[n], "ood/if_strict")) for n in ("ce", "psft")]
+    protocol = (
+        f"at the selected checkpoints (the paper's protocol, not decided on): drift NLL per seed, SFT vs "
+        f"PSFT {', '.join(f'{a:.3f} vs {b:.3f}' for a, b in drift)}; MC acc SFT {mc[0]} vs PSFT {mc[1]}; "
+        f"IF strict SFT {ifs[0]} vs PSFT {ifs[1]}"
+    )
+    claim = "(3) PSFT forgets less out of domain (at matched in-domain score)"
+    if not compared:
+        return claim, UNDECIDED, f"no OOD set measured at every epoch checkpoint (no frontier); {protocol}"
+    metric, decisive = next(iter(compared.items()))
+    if decisive is None:
+        return (
+            claim,
+            UNDECIDED,
+            f"SFT's and PSFT's checkpoints share no in-domain score: no matched range; {protocol}",
+        )
+    matched = "; ".join(
+        f"{METRICS[m]} {r} over {ranges(r)}" if r is not None else f"{METRICS[m]}: no overlap"
+        for m, r in compared.items()
+    )
+    better = "lower" if metric == "ood/drift_nll" else "higher"
+    return (
+        claim,
+        decisive.verdict(),
+        f"PSFT - SFT at matched {X_KEY.replace('_', ' ')} (95% bootstrap over {decisive.items} OOD items "
+        f"and {len(decisive.ranges)} seed(s)): {matched}. Decided on {METRICS[metric]}: shown if the "
+        f"interval lies wholly {better} than 0, not if wholly on the other side, else cannot decide; "
+        f"{protocol}",
+    )
+
+
+def ranges(result: Matched) -> str:
+    return ", ".join(f"[{lo:.3f}, {hi:.3f}] (seed {s})" for s, (lo, hi) in result.ranges.items())
 
 
 def after_rl(rl: dict) -> dict[str, list[dict]]:
