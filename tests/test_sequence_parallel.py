@@ -21,8 +21,8 @@ from tiny_run import subprocess_env, tiny_fit_args
 
 from psft_lightning.cli import main, run_cli
 from psft_lightning.errors import ConfigError
-from psft_lightning.models import tiny_model
-from psft_lightning.sequence_parallel import SequenceParallel, _document_mask, check_heads
+from psft_lightning.models import check_packed_attention, tiny_model
+from psft_lightning.sequence_parallel import ULYSSES, SequenceParallel, _document_mask, check_heads
 
 TOLERANCE = 1e-5  # fp32
 REPO = Path(__file__).resolve().parents[1]
@@ -103,6 +103,18 @@ def test_attention_mask_keeps_examples_apart_and_padding_out():
     ]
     padded = _document_mask(torch.arange(4)[None], torch.tensor([[1, 1, 0, 0]]))[0, 0].int()
     assert padded.tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]]
+
+
+@pytest.mark.parametrize("packing", ["padding_free", True])
+def test_packing_is_allowed_with_sequence_parallel_attention(packing):
+    """configs/long_traces.yaml packs padding-free under SP: the packing guard must let the Ulysses
+    attention through (it keeps examples apart with the mask above), as it does sdpa."""
+    model = tiny_model()
+    model.config._attn_implementation = ULYSSES
+    check_packed_attention(model, packing)
+    model.config._attn_implementation = "flash_attention_2"  # the guard still refuses what it should
+    with pytest.raises(ConfigError, match="finds packed examples from position_ids only in a batch of one"):
+        check_packed_attention(model, True)
 
 
 def test_head_count_not_divisible_is_a_config_error():

@@ -219,6 +219,7 @@ def uses_plain_head(model: nn.Module) -> bool:
 
 
 PACKING_ATTENTION = ("eager", "sdpa", "flex_attention")
+ULYSSES = "psft_ulysses"  # sequence_parallel.py's attention, registered under this name
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
@@ -227,11 +228,12 @@ def check_packed_attention(model: nn.Module, packing: bool | str = True) -> None
 
     transformers (5.x) builds a per-example causal mask from ``position_ids`` when the attention
     mask is None and no cache is used; eager, sdpa and flex_attention honour it (tested on CPU) in
-    any layout. The flash-attention kernels find packed examples from ``position_ids`` only when the
-    batch has a single row: the ``padding_free`` layout, not ``packing: true``'s several rows.
+    any layout, and so does sequence parallelism's attention (its mask comes from the whole rows'
+    ``position_ids``). The flash-attention kernels find packed examples from ``position_ids`` only
+    when the batch has a single row: the ``padding_free`` layout, not ``packing: true``'s several rows.
     """
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
-    if impl in PACKING_ATTENTION or (packing == "padding_free" and impl in VARLEN_ATTENTION):
+    if impl in (*PACKING_ATTENTION, ULYSSES) or (packing == "padding_free" and impl in VARLEN_ATTENTION):
         return
     if impl in VARLEN_ATTENTION:
         raise ConfigError(

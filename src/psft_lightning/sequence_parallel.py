@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from psft_lightning.data.batch import Batch
 from psft_lightning.data.formats import IGNORE_INDEX
 from psft_lightning.errors import ConfigError
+from psft_lightning.models import ULYSSES
 
-ULYSSES = "psft_ulysses"
 SEQUENCE_DIM = "sequence_parallel"
 DATA_DIM = "data_parallel"
 
