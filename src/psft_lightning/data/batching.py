@@ -172,3 +172,14 @@ class StepBatches:
         epoch, first_step = divmod(self.current_step(), self.steps_per_epoch)
         for index in range(first_step, self.steps_per_epoch):
             yield from self.step_micro_batches(epoch * self.steps_per_epoch + index)
+
+
+def data_parallel(trainer) -> tuple[int, int]:
+    """(rank, count) among the processes that get different batches: the ranks of a sequence-parallel
+    group share theirs (``FSDP2Strategy(sequence_parallel_size=k)``), so there are world/k of them."""
+    if trainer is None:
+        return 0, 1
+    if getattr(trainer.strategy, "sequence_parallel_size", 1) > 1:
+        kwargs = trainer.strategy.distributed_sampler_kwargs
+        return kwargs["rank"], kwargs["num_replicas"]
+    return trainer.global_rank, trainer.world_size

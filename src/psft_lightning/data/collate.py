@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 
 from psft_lightning.data.formats import IGNORE_INDEX, Example
+from psft_lightning.errors import ConfigError
 
 PADDING_FREE = "padding_free"
 Packing = bool | Literal["padding_free"]
@@ -128,3 +129,20 @@ def collate_for(
     if packing:
         return collate_packed(examples, pad_id, pack_length)
     return collate(examples, pad_id)
+
+
+def check_packing(packing: Packing, pack_length: int | None, max_length: int) -> None:
+    """Refuse a packing setting no layout implements, before any data is read."""
+    if packing not in (False, True, PADDING_FREE):
+        raise ConfigError(f"data.packing must be true, false or {PADDING_FREE}, got {packing!r}")
+    if packing == PADDING_FREE and pack_length is not None:
+        raise ConfigError(
+            f"data.pack_length ({pack_length}) sets the row length of data.packing: true; "
+            f"data.packing: {PADDING_FREE} puts each micro-batch in one row of its own length. "
+            "Drop data.pack_length or set data.packing: true."
+        )
+    if pack_length is not None and pack_length < max_length:
+        raise ConfigError(
+            f"data.pack_length ({pack_length}) must be >= data.max_length ({max_length}) so every "
+            "example fits in a packed row"
+        )

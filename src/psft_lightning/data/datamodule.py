@@ -9,13 +9,19 @@ import random
 import lightning as L
 from torch.utils.data import DataLoader
 
-from psft_lightning.data.batching import StepBatches, StepShape, check_step_fits, check_val_interval
+from psft_lightning.data.batching import (
+    StepBatches,
+    StepShape,
+    check_step_fits,
+    check_val_interval,
+    data_parallel,
+)
 from psft_lightning.data.cache import cached_examples, default_cache_dir
-from psft_lightning.data.collate import PADDING_FREE, Packing, collate
+from psft_lightning.data.collate import Packing, check_packing, collate
 from psft_lightning.data.formats import IGNORE_INDEX, Fields, Format, check_format
 from psft_lightning.data.hub import is_hub, parse_hub
 from psft_lightning.data.lengths import Overlong, OverlongReport, SkipReport, length_warnings
-from psft_lightning.data.order import ORDER_KEY, check_same_order
+from psft_lightning.data.order import ORDER_KEY, check_same_order, order_record
 from psft_lightning.data.table import ExampleTable
 from psft_lightning.data.tokenise import TokenSettings
 from psft_lightning.errors import ConfigError, DataError
@@ -107,31 +113,12 @@ class PSFTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if num_proc is not None and num_proc < 1:
             raise ConfigError(f"data.num_proc must be >= 1 (or null for one per CPU), got {num_proc}")
-        if packing not in (False, True, PADDING_FREE):
-            raise ConfigError(f"data.packing must be true, false or {PADDING_FREE}, got {packing!r}")
-        if packing == PADDING_FREE and pack_length is not None:
-            raise ConfigError(
-                f"data.pack_length ({pack_length}) sets the row length of data.packing: true; "
-                f"data.packing: {PADDING_FREE} puts each micro-batch in one row of its own length. "
-                "Drop data.pack_length or set data.packing: true."
-            )
-        if pack_length is not None and pack_length < max_length:
-            raise ConfigError(
-                f"data.pack_length ({pack_length}) must be >= data.max_length ({max_length}) so every "
-                "example fits in a packed row"
-            )
+        check_packing(packing, pack_length, max_length)
         self.train_files = list(train_files)
         self.val_files = list(val_files or [])
         self.tokenizer_name = tokenizer
         self.format = format
-        if isinstance(fields, dict):  # Python callers may pass the YAML form
-            unknown = sorted(set(fields) - set(Fields.__dataclass_fields__))
-            if unknown:
-                raise ConfigError(
-                    f"data.fields has unknown keys {unknown}; known: {list(Fields.__dataclass_fields__)}"
-                )
-            fields = Fields(**fields)
-        self.fields = fields or Fields()
+        self.fields = Fields.of(fields)
         self.use_chat_template = use_chat_template
         self.max_length = max_length
         self.overlong = overlong
@@ -244,15 +231,13 @@ class PSFTDataModule(L.LightningDataModule):
 
     def order_record(self) -> dict:
         """What decides the training data order (``data.order``), in plain types for the checkpoint."""
-        shape = self._shape()
+        held_out = None if self.val_files else self.val_fraction
+        return order_record(self.train_keys, self._shape(), self.seed, self.shuffle, held_out, self.layout)
+
+    @property
+    def layout(self) -> dict:
+        """How examples are laid out in micro-batches (part of the data order)."""
         return {
-            "train_files": self.train_keys,
-            "batch_size": shape.micro_batch_size,
-            "accumulate_grad_batches": shape.accumulate,
-            "world_size": shape.world_size,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "val_fraction": None if self.val_files else self.val_fraction,  # held out of the train files
             "max_length": self.max_length,
             "packing": self.packing,
             "pack_length": self.pack_length,
@@ -277,7 +262,7 @@ class PSFTDataModule(L.LightningDataModule):
     def _shape(self) -> StepShape:
         trainer = self.trainer
         accumulate = trainer.accumulate_grad_batches if trainer else 1
-        return StepShape(self.batch_size, accumulate, _data_parallel(trainer)[1])
+        return StepShape(self.batch_size, accumulate, data_parallel(trainer)[1])
 
     def train_dataloader(self) -> StepBatches:
         if self.train_examples is None:  # called directly, not by a trainer that ran setup()
@@ -289,7 +274,7 @@ class PSFTDataModule(L.LightningDataModule):
             pad_id=self.tokenizer.pad_token_id,
             seed=self.seed,
             shuffle=self.shuffle,
-            rank=_data_parallel(trainer)[0],
+            rank=data_parallel(trainer)[0],
             current_step=(lambda: trainer.global_step) if trainer else (lambda: 0),
             packing=self.packing,
             pack_length=self.pack_length,
@@ -307,17 +292,6 @@ class PSFTDataModule(L.LightningDataModule):
             shuffle=False,
             collate_fn=lambda batch: collate(batch, self.tokenizer.pad_token_id),
         )
-
-
-def _data_parallel(trainer) -> tuple[int, int]:
-    """(rank, count) among the processes that get different batches: the ranks of a sequence-parallel
-    group share theirs (``FSDP2Strategy(sequence_parallel_size=k)``), so there are world/k of them."""
-    if trainer is None:
-        return 0, 1
-    if getattr(trainer.strategy, "sequence_parallel_size", 1) > 1:
-        kwargs = trainer.strategy.distributed_sampler_kwargs
-        return kwargs["rank"], kwargs["num_replicas"]
-    return trainer.global_rank, trainer.world_size
 
 
 __all__ = ["IGNORE_INDEX", "OverlongReport", "PSFTDataModule", "SkipReport"]

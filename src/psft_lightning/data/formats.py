@@ -34,6 +34,17 @@ class Fields:
     text: str = "text"
     system: str | None = None
 
+    @classmethod
+    def of(cls, fields: Fields | dict | None) -> Fields:
+        """``fields`` as Fields: Python callers may pass the YAML form (a dict), None means the defaults."""
+        if not isinstance(fields, dict):
+            return fields or cls()
+        known = list(cls.__dataclass_fields__)
+        unknown = sorted(set(fields) - set(known))
+        if unknown:
+            raise ConfigError(f"data.fields has unknown keys {unknown}; known: {known}")
+        return cls(**fields)
+
 
 @dataclass
 class Example:

@@ -12,11 +12,35 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from psft_lightning.data.batching import StepShape
 from psft_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ORDER_KEY = "data_order"
+
+
+def order_record(
+    train_keys: list[list[str]],
+    shape: StepShape,
+    seed: int,
+    shuffle: bool,
+    val_fraction: float | None,
+    layout: dict[str, Any],
+) -> dict[str, Any]:
+    """The data order of a run: its training files with their cache keys, the step shape, the seed and
+    shuffling, the share held out of the train files (None with separate validation files) and the
+    layout (max length, packing, bucketing)."""
+    return {
+        "train_files": train_keys,
+        "batch_size": shape.micro_batch_size,
+        "accumulate_grad_batches": shape.accumulate,
+        "world_size": shape.world_size,
+        "seed": seed,
+        "shuffle": shuffle,
+        "val_fraction": val_fraction,
+        **layout,
+    }
 
 
 def check_same_order(saved: dict[str, Any], current: dict[str, Any], allow: bool) -> None:
