@@ -22,9 +22,9 @@ from psft_lightning.data.sources import read_rows
 from psft_lightning.fit import run_from_config
 from psft_lightning.owned import record, refuse_foreign
 from psft_lightning.rl import GRPOSettings, run_grpo
+from psft_lightning.study import progress
 from psft_lightning.study.budgets import Budget, eval_config
 from psft_lightning.study.objectives import objective_configs, study_objectives
-from psft_lightning.study.progress import begin_study, finished, recorded_seconds, settings, write_json
 from psft_lightning.study.selection import Scoring, Task
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def run(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     final OOD metrics, wall time and PSFT's last clipped-token table. A run whose record
     ``<out>/<name>.json`` exists finished earlier (``progress``): that record is returned, nothing runs."""
     objective, lr, seed, out, name = plan.objective, plan.lr, plan.seed, plan.out, plan.name
-    if (kept := finished(out / f"{name}.json")) is not None:
+    if (kept := progress.finished(out / f"{name}.json")) is not None:
         log.info("%s seed %d: kept, finished by an earlier run of this study", name, seed)
         return kept
     config = run_config(plan, budget, task, root)
@@ -214,7 +214,7 @@ def run(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     log.info("%s seed %d: selected %s, %.0f s", name, seed, record["selected"], seconds)
     del cli, evaluation, clipped
     gc.collect()  # the run's models are in reference cycles: free them before the next run loads its own
-    write_json(out / f"{name}.json", record)  # last: the run is finished
+    progress.write_json(out / f"{name}.json", record)  # last: the run is finished
     return record
 
 
@@ -225,7 +225,7 @@ def follow_up(
     exported selected checkpoint, then the evaluation every run gets (dev, test, OOD; drift still
     against the base model's own answers). Kept when ``rl_<objective>.json`` exists (``progress``)."""
     done = runs_dir / f"rl_{objective}.json"
-    if (kept := finished(done)) is not None:
+    if (kept := progress.finished(done)) is not None:
         log.info("GRPO from %s: kept, finished by an earlier run of this study", kept["from"])
         return kept
     rl = GRPOSettings(
@@ -245,7 +245,7 @@ def follow_up(
     name = run_name(objective, start["lr"])
     log.info("GRPO from %s: %d steps, %.0f s", name, len(steps), seconds)
     result = {"from": name, "steps": steps, "grpo_seconds": seconds, "after": after}
-    write_json(done, result)  # last: the follow-up is finished
+    progress.write_json(done, result)  # last: the follow-up is finished
     return result
 
 
@@ -269,9 +269,10 @@ def measure(
     begin, load_before = time.perf_counter(), os.getloadavg()[0]
     refuse_foreign(runs_dir, STUDY, "--runs-dir")
     record(runs_dir, STUDY, STUDY_ENTRIES)  # first: a kill from here on leaves only entries it covers
-    if begin_study(runs_dir, STUDY, settings(budget_name, budget, task, model, root), restart):
+    settings = progress.settings(budget_name, budget, task, model, root)
+    if progress.begin_study(runs_dir, STUDY, settings, restart):
         log.info("continuing the study in %s: its finished runs are kept", runs_dir)
-    earlier = recorded_seconds(runs_dir)
+    earlier = progress.recorded_seconds(runs_dir)
     epoch_file(task, budget, runs_dir)
     first, *later = budget.seeds
     out = runs_dir / f"seed{first}"
