@@ -129,8 +129,8 @@ def test_a_dataset_without_a_final_field_is_studied_from_its_completions(continu
     assert record["task"]["answer_pattern"] == r"#### (\S+)"
     assert sorted(record["chosen"]) == ["ce", "kl", "psft", "psft_warmup"]
     assert set(record["rl"]) == {"ce", "psft"}
-    for chosen in record["chosen"].values():
-        assert len(chosen[0]["test_greedy"]) == BUDGETS["test"].scoring["num_test"]
+    for name, chosen in record["chosen"].items():
+        assert len(chosen[0]["test_greedy"]) == BUDGETS["test"].scoring_of(name)["num_test"]
     page = (out / "results.md").read_text(encoding="utf-8")
     assert f"wrote {out / 'results.md'}" in finished.stdout and "| SFT |" in page
 
