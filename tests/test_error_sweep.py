@@ -168,6 +168,8 @@ SITES = {
     "psft_lightning.evaluation.suite:check_groups": "eval",
     "psft_lightning.evaluation.suite:EvalSuite.__init__": "eval",
     "psft_lightning.evaluation.suite:EvalSuite.rows": "eval",
+    "psft_lightning.evaluation.suite:EvalSuite.finals": "eval",
+    "psft_lightning.evaluation.suite:EvalSuite.pattern": "eval",
     "psft_lightning.export:_load_torch_file": "export",
     "psft_lightning.export:_hparams": "export",
     "psft_lightning.export:read_checkpoint": "export",
@@ -217,7 +219,9 @@ SITES = {
     "psft_lightning.sequence_parallel:check_heads": "fit",
     "psft_lightning.strategies:FSDP2Strategy.setup_environment": "fsdp",
     "psft_lightning.study.selection:Task.compiled": "select",
-    "psft_lightning.study.selection:Task.questions": "select",
+    "psft_lightning.study.selection:Task.question": "study",
+    "psft_lightning.study.progress:begin_study": "study",
+    "psft_lightning.study.progress:earlier": "study",
     "psft_lightning.study.selection:SelectCheckpoint.on_train_end": "select",
 }
 

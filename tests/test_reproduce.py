@@ -220,7 +220,7 @@ def test_any_dataset_with_fields_and_an_answer_pattern(tmp_path):
     assert len(record["checkpoints"]) == 2
     with pytest.raises(ConfigError, match="not a regex"):
         Task(answer_pattern="(").compiled()
-    with pytest.raises(DataError, match="'question' and 'final'"):
+    with pytest.raises(DataError, match="test.jsonl:1: the study needs a text field 'question'"):
         Task().questions(str(task.test_file), 1)
 
 

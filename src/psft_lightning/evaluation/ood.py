@@ -125,10 +125,13 @@ def load_references(path: str) -> list[dict[str, str]]:
 
 
 def write_references(path: str, rows: list[dict[str, str]]) -> None:
+    """Write the base answers whole or not at all (a study killed while writing reads none)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(partial, path)
 
 
 def drift_examples(tokenizer, references: list[dict[str, str]]) -> list[Example]:

@@ -14,7 +14,7 @@ from psft_lightning.data.formats import Fields, row_to_example
 from psft_lightning.data.sources import read_rows
 from psft_lightning.errors import ConfigError, DataError
 from psft_lightning.evaluation import ood
-from psft_lightning.evaluation.answers import accuracy, extract_answer
+from psft_lightning.evaluation.answers import ANSWER_PATTERN, accuracy, last_answer, reference_answer
 from psft_lightning.evaluation.generation import generate, render_prompts
 from psft_lightning.evaluation.isolation import isolated
 from psft_lightning.evaluation.probes import teacher_forced
@@ -30,7 +30,9 @@ class EvalConfig:
     """Sizes and files of the evaluation sets (paths relative to the working directory).
 
     Args:
-        eval_file: in-domain rows with a prompt, a reference answer and an integer final answer.
+        eval_file: in-domain rows with a prompt and a reference answer (the completion); accuracy also
+            needs each row's final answer: its ``final_field``, else the last ``answer_pattern`` match
+            in its completion (``evaluation.answers.reference_answer``).
         num_eval: first N rows used for greedy accuracy (0: all).
         k: samples per question for avg@k, at ``temperature``; ``num_sampled`` questions (0: num_eval).
         max_new_tokens: generation budget of in-domain answers.
@@ -45,6 +47,7 @@ class EvalConfig:
     prompt_field: str = "question"
     completion_field: str = "answer"
     final_field: str = "final"
+    answer_pattern: str = ANSWER_PATTERN.pattern
     num_eval: int = 32
     k: int = 8
     num_sampled: int = 0
@@ -82,27 +85,46 @@ class EvalSuite:
         if self.config.k < 1 or self.config.max_new_tokens < 1:
             raise ConfigError("evaluation k and max_new_tokens must be >= 1")
         self._rows: list[dict] | None = None
+        self._where: list[str] = []
         self._cache: dict[str, object] = {}
         self.seconds: dict[str, float] = {}  # wall time spent on each group, over every ``run``
         self.items: dict[str, list] = {}  # the last ``run``'s per-item values of mc, drift and if
 
     # ---------------------------------------------------------------------------------- data
     def rows(self) -> list[dict]:
-        """In-domain rows with their prompt, answer and integer final answer checked."""
+        """In-domain rows with their prompt and reference answer checked (final answers: ``finals``)."""
         if self._rows is None:
             c = self.config
             rows = []
             for row, where in read_rows(c.eval_file):
                 for name in (c.prompt_field, c.completion_field):
-                    if not isinstance(row.get(name), str):
+                    if not isinstance(row, dict) or not isinstance(row.get(name), str):
                         raise DataError(f"{where}: evaluation needs a string field {name!r}")
-                try:
-                    int(row[c.final_field])
-                except (KeyError, TypeError, ValueError):
-                    raise DataError(f"{where}: evaluation needs an integer field {c.final_field!r}") from None
                 rows.append(row)
+                self._where.append(where)
             self._rows = rows
         return self._rows
+
+    def finals(self, n: int) -> list[str]:
+        """The final answers of the first ``n`` rows (0: all), which accuracy compares answers with."""
+        c = self.config
+        pattern = self.pattern()
+        finals = []
+        for row, where in zip(self._first(n), self._where, strict=False):
+            final = reference_answer(row, c.final_field, c.completion_field, pattern)
+            if final is None:
+                raise DataError(
+                    f"{where}: accuracy needs a final answer: a field {c.final_field!r}, or a "
+                    f"{c.completion_field!r} that the answer pattern {c.answer_pattern!r} matches"
+                )
+            finals.append(final)
+        return finals
+
+    def pattern(self) -> re.Pattern:
+        try:
+            return re.compile(self.config.answer_pattern)
+        except re.error as err:
+            raise ConfigError(f"evaluation answer_pattern {self.config.answer_pattern!r}: {err}") from None
 
     def _first(self, n: int) -> list[dict]:
         return self.rows()[:n] if n else self.rows()
@@ -154,17 +176,18 @@ class EvalSuite:
                 with clock("accuracy"):
                     rows = self._first(c.num_eval)
                     texts = self._answers(policy, tokenizer, rows, 1, 0.0)
-                    finals = [int(r[c.final_field]) for r in rows]
-                    metrics["eval/accuracy"] = accuracy([t[0] for t in texts], finals)
-                    answered = sum(extract_answer(t[0]) is not None for t in texts)
+                    pattern = self.pattern()
+                    finals = self.finals(c.num_eval)
+                    metrics["eval/accuracy"] = accuracy([t[0] for t in texts], finals, pattern)
+                    answered = sum(last_answer(t[0], pattern) is not None for t in texts)
                     metrics["eval/answer_rate"] = answered / len(rows)
             if "avg_k" in groups:
                 with clock("avg_k"):
                     rows = self._first(c.num_sampled or c.num_eval)
                     texts = self._answers(policy, tokenizer, rows, c.k, c.temperature)
                     flat = [t for sample in texts for t in sample]
-                    finals = [int(r[c.final_field]) for r in rows for _ in range(c.k)]
-                    metrics[f"eval/avg@{c.k}"] = accuracy(flat, finals)
+                    finals = [f for f in self.finals(c.num_sampled or c.num_eval) for _ in range(c.k)]
+                    metrics[f"eval/avg@{c.k}"] = accuracy(flat, finals, self.pattern())
             if "entropy" in groups:
                 with clock("entropy"):
                     probe = self._probe(tokenizer)

@@ -18,6 +18,7 @@ HELP = {
     "seed": "seed of sampling, data order and initialisation",
     "prompt_field": "the column holding the prompt",
     "answer_field": "the column holding the gold answer (a number, or a solution the pattern reads)",
+    "completion_field": "a row without the answer field: the worked solution the pattern reads it from",
     "answer_pattern": "regex with one group: the final answer in a response (and in a solution)",
     "use_chat_template": "render prompts as a user turn of the tokenizer's chat template",
     "bf16": "bf16 mixed precision",

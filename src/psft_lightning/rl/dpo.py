@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from psft_lightning.errors import DataError
+from psft_lightning.evaluation.answers import same_answer
 from psft_lightning.evaluation.generation import generate, render_prompts
 from psft_lightning.evaluation.isolation import isolated
 from psft_lightning.rl.model_dir import check_model_dir, load_exported
@@ -53,8 +54,9 @@ def preference_pairs(rows: list[PromptRow], samples: list[list[str]], answer_pat
     pattern = re.compile(answer_pattern)
     pairs = []
     for row, texts in zip(rows, samples, strict=True):
-        correct = [t for t in texts if response_answer(t, pattern) == row.answer]
-        wrong = [t for t in texts if response_answer(t, pattern) != row.answer]
+        right = [same_answer(response_answer(t, pattern), row.answer) for t in texts]
+        correct = [t for t, ok in zip(texts, right, strict=True) if ok]
+        wrong = [t for t, ok in zip(texts, right, strict=True) if not ok]
         pairs.extend(Pair(row.prompt, good, bad) for good, bad in zip(correct, wrong, strict=False))
     return pairs
 

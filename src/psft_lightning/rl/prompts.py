@@ -8,7 +8,7 @@ from pathlib import Path
 
 from psft_lightning.data.sources import read_rows
 from psft_lightning.errors import DataError
-from psft_lightning.rl.reward import gold_answer
+from psft_lightning.evaluation.answers import reference_answer
 from psft_lightning.rl.settings import TaskSettings
 
 
@@ -41,11 +41,16 @@ def load_prompts(path: Path, settings: TaskSettings) -> list[PromptRow]:
                 f"{where}: field {settings.prompt_field!r} (the prompt) must be a non-empty string, got "
                 f"{prompt!r:.80}; the row has {sorted(row)} (set prompt_field / --prompt-field)"
             )
-        raw = row.get(settings.answer_field)
-        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)) or not str(raw).strip():
+        answer = reference_answer(row, settings.answer_field, settings.completion_field, pattern)
+        if answer is None:
+            raw = row.get(settings.answer_field)
+            solution = settings.completion_field and (
+                f", nor a {settings.completion_field!r} the answer pattern matches"
+            )
             raise DataError(
                 f"{where}: field {settings.answer_field!r} (the answer) must be a non-empty string or a "
-                f"number, got {raw!r:.80}; the row has {sorted(row)} (set answer_field / --answer-field)"
+                f"number, got {raw!r:.80}{solution}; the row has {sorted(row)} (set answer_field / "
+                "--answer-field)"
             )
-        rows.append(PromptRow(prompt, gold_answer(raw, pattern)))
+        rows.append(PromptRow(prompt, answer))
     return rows

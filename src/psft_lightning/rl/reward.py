@@ -1,13 +1,16 @@
 """The exact-match reward: 1 when the response's final answer equals the row's, else 0.
 
 The final answer is the last match of the answer pattern, as the evaluation reads ``The answer is N.``
-(``psft_lightning.evaluation.answers``); a response without one scores 0.
+(``psft_lightning.evaluation.answers``), compared by value when both are numbers (``1,000`` = ``1000``)
+and as normalised text otherwise; a response without one scores 0.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+
+from psft_lightning.evaluation.answers import last_answer, same_answer
 
 
 def gold_answer(raw: str | int | float, pattern: re.Pattern) -> str:
@@ -19,8 +22,7 @@ def gold_answer(raw: str | int | float, pattern: re.Pattern) -> str:
 
 def response_answer(text: str, pattern: re.Pattern) -> str | None:
     """The last final answer written in ``text``, or None when there is none."""
-    matches = pattern.findall(text)
-    return matches[-1].strip() if matches else None
+    return last_answer(text, pattern)
 
 
 def completion_text(completion: str | list[dict]) -> str:
@@ -36,7 +38,7 @@ def exact_match_reward(answer_pattern: str) -> Callable[..., list[float]]:
 
     def exact_match(completions: list, answer: list[str], **_: object) -> list[float]:
         return [
-            float(response_answer(completion_text(c), pattern) == gold)
+            float(same_answer(response_answer(completion_text(c), pattern), gold))
             for c, gold in zip(completions, answer, strict=True)
         ]
 

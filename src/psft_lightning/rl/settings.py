@@ -16,7 +16,9 @@ class TaskSettings:
 
     ``answer_pattern`` (one capture group) reads the final answer from the model's response and, when it
     matches, from the row's ``answer_field`` too (a worked solution such as ``... The answer is 78.`` or
-    ``... #### 72``); a field it does not match is the answer itself (``"final": 78``).
+    ``... #### 72``); a field it does not match is the answer itself (``"final": 78``). A row without
+    ``answer_field`` has the last answer the pattern finds in its ``completion_field`` (none: such a row
+    is refused).
     """
 
     steps: int = 20
@@ -28,6 +30,7 @@ class TaskSettings:
     seed: int = 0
     prompt_field: str = "prompt"
     answer_field: str = "answer"
+    completion_field: str = ""
     answer_pattern: str = ANSWER_PATTERN.pattern
     use_chat_template: bool = True
     bf16: bool = False

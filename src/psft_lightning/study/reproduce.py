@@ -12,8 +12,17 @@ spread over seeds.
     psft study --budget full                   # GPU-sized
     psft study --budget smoke --refresh-sweep  # also PSFT refreshing every 1, 2, 8, 32 steps and never
     psft study --train-file my/train.jsonl --dev-file my/dev.jsonl --test-file my/test.jsonl \\
-        --prompt-field problem --completion-field solution --final-field answer \\
+        --prompt-field question --completion-field answer \\
         --answer-pattern '#### (\\S+)'          # any dataset with a checkable final answer
+
+A row's final answer is its ``--final-field`` (default ``final``), else the last ``--answer-pattern``
+match in its completion (``... #### 18``); answers are compared by value when both are numbers
+(``1,000`` = ``1000``), else as normalised text. Every row of the three files is checked before any
+model loads.
+
+Stopped (SIGTERM, Ctrl-C, a kill), the same command continues the study: the runs it finished are kept,
+the others start over (``study/progress.py``). Other settings in the same ``--runs-dir`` are refused;
+``--restart`` starts afresh there.
 
 ``--root`` (default: the working directory) is the repository whose configs/ and data/ it uses;
 ``python scripts/reproduce.py`` runs it with the repository the script is in.
@@ -41,6 +50,7 @@ from psft_lightning.study.frontier import compare
 from psft_lightning.study.frontier_page import FRONTIER_PNG, plot_frontier
 from psft_lightning.study.page import write_results
 from psft_lightning.study.plots import plot, png_name, read_scalars
+from psft_lightning.study.progress import stops_to_continue, write_json
 from psft_lightning.study.refresh import REFRESH_SWEEP, interval, refresh_sweep
 from psft_lightning.study.rl_page import CURVES, curves
 from psft_lightning.study.runs import STUDY, measure
@@ -69,6 +79,12 @@ def parser() -> ArgumentParser:
     parser.add_argument("--runs-dir", type=Path, help="logs, configs, records (default: <root>/runs/study)")
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the page and plots from --runs-dir's results.json"
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh: remove what an earlier study wrote in --runs-dir (by default the same command "
+        "continues it, keeping its finished runs)",
     )
     parser.add_argument(
         "--refresh-sweep",
@@ -105,23 +121,25 @@ def main(argv: list[str] | None = None) -> Path:
                 if (value := getattr(args, f.name)) is not None
             }
         )
+        task.check()  # every file and row, before any model loads
         budget = BUDGETS[args.budget]
         if args.seeds:
             budget = dataclasses.replace(budget, seeds=tuple(args.seeds))
         if args.refresh_sweep is not None:
             budget = dataclasses.replace(budget, refresh_sweep=tuple(args.refresh_sweep or REFRESH_SWEEP))
         model = args.model or budget.model
-        record = measure(args.budget, budget, task, model, runs_dir, root)
-        if budget.refresh_sweep:
-            begin = time.perf_counter()
-            record["refresh"] = refresh_sweep(
-                record["chosen"]["psft"][0], budget, task, model, runs_dir, root
-            )
-            record["seconds"] += time.perf_counter() - begin
+        with stops_to_continue(runs_dir):
+            record = measure(args.budget, budget, task, model, runs_dir, root, args.restart)
+            if budget.refresh_sweep:
+                begin = time.perf_counter()
+                record["refresh"] = refresh_sweep(
+                    record["chosen"]["psft"][0], budget, task, model, runs_dir, root
+                )
+                record["seconds"] += time.perf_counter() - begin
         record["command"] = "psft study " + shlex.join(argv if argv is not None else [])
         record["seeds"] = list(budget.seeds)
         record["refresh_sweep"] = list(budget.refresh_sweep)
-        saved.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        write_json(saved, record)
     budget = dataclasses.replace(
         BUDGETS[record["budget"]],
         seeds=tuple(record["seeds"]),

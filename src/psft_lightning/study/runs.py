@@ -20,8 +20,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from psft_lightning.callbacks import ClippedTokens, GenerationEval, OldPolicy
 from psft_lightning.data.sources import read_rows
 from psft_lightning.fit import run_from_config
-from psft_lightning.owned import record, refuse_foreign, remove_recorded
+from psft_lightning.owned import record, refuse_foreign
 from psft_lightning.rl import GRPOSettings, run_grpo
+from psft_lightning.study import progress
 from psft_lightning.study.budgets import Budget, eval_config
 from psft_lightning.study.curves import entropy_curves
 from psft_lightning.study.frontier import frontier_points
@@ -42,8 +43,11 @@ STUDY_ENTRIES = (
     "results.json",
     "results.md",
     "results",
+    "study.json",
+    ".*.partial",  # a record being written (``progress.write_json``)
 )
 EXPORT_DIR = "model"  # the selected weights of a run the RL follow-up starts from, under its folder
+SELECTION_FILE = "selection.json"  # SelectCheckpoint's part of a run's record, under its folder
 OOD_GROUPS = ["entropy", "mc", "drift", "if"]  # in-domain accuracy is SelectCheckpoint's, on dev/test
 
 
@@ -136,7 +140,7 @@ def run_config(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     selection = {
         "task": asdict(task),
         "scoring": asdict(Scoring(**budget.scoring_of(None if lr is None else objective))),
-        "out_file": str(out / f"{name}.json"),
+        "out_file": str(out / name / SELECTION_FILE),
         "export_dir": str(out / name / EXPORT_DIR) if plan.export else None,
     }
     # every epoch's checkpoint gets the probe, and on the frontier its OOD sets; the final sets then
@@ -150,7 +154,11 @@ def run_config(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
         "start": [],
         "every_epoch": every_epoch,
         "final": [g for g in OOD_GROUPS if g not in every_epoch and (lr is None or g in measured)],
-        "config": {**eval_config(budget, root, Path(task.dev_file), fields), "final_field": task.final_field},
+        "config": {
+            **eval_config(budget, root, Path(task.dev_file), fields),
+            "final_field": task.final_field,
+            "answer_pattern": task.answer_pattern,
+        },
         "drift_cache": str(out.parent / f"drift_reference.{plan.drift_model or model}.jsonl"),
     }
     callbacks += [  # SelectCheckpoint first: the final OOD sets then score the selected weights
@@ -178,17 +186,21 @@ def run_config(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
 
 def run(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     """Train (or, with ``lr`` None, only evaluate) one run through the CLI: its selection record,
-    final OOD metrics, wall time and PSFT's last clipped-token table."""
-    config = run_config(plan, budget, task, root)
+    final OOD metrics, wall time and PSFT's last clipped-token table. A run whose record
+    ``<out>/<name>.json`` exists finished earlier (``progress``): that record is returned, nothing runs."""
     objective, lr, seed, out, name = plan.objective, plan.lr, plan.seed, plan.out, plan.name
-    shutil.rmtree(out / name, ignore_errors=True)
+    if (kept := progress.finished(out / f"{name}.json")) is not None:
+        log.info("%s seed %d: kept, finished by an earlier run of this study", name, seed)
+        return kept
+    config = run_config(plan, budget, task, root)
+    shutil.rmtree(out / name, ignore_errors=True)  # what an unfinished run of the study left: redone
     path = out / f"{name}.yaml"
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     begin = time.perf_counter()
     cli = run_from_config("fit" if lr is not None else "validate", path)
     seconds = time.perf_counter() - begin
-    record = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
+    record = json.loads((out / name / SELECTION_FILE).read_text(encoding="utf-8"))
     evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, GenerationEval))
     selection = next(c for c in cli.trainer.callbacks if isinstance(c, SelectCheckpoint))
     # the selected epoch's own evaluations, then the final sets (run on the restored selected weights)
@@ -213,6 +225,7 @@ def run(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     log.info("%s seed %d: selected %s, %.0f s", name, seed, record["selected"], seconds)
     del cli, evaluation, selection, clipped
     gc.collect()  # the run's models are in reference cycles: free them before the next run loads its own
+    progress.write_json(out / f"{name}.json", record)  # last: the run is finished
     return record
 
 
@@ -221,21 +234,30 @@ def follow_up(
 ) -> dict:
     """Claim 4: GRPO (TRL's GRPOTrainer, exact-match reward on the training prompts) from ``start``'s
     exported selected checkpoint, then the evaluation every run gets (dev, test, OOD; drift still
-    against the base model's own answers)."""
-    settings = GRPOSettings(
+    against the base model's own answers). Kept when ``rl_<objective>.json`` exists (``progress``)."""
+    done = runs_dir / f"rl_{objective}.json"
+    if (kept := progress.finished(done)) is not None:
+        log.info("GRPO from %s: kept, finished by an earlier run of this study", kept["from"])
+        return kept
+    rl = GRPOSettings(
         **{"seed": start["seed"], **budget.rl},
         prompt_field=task.prompt_field,
         answer_field=task.final_field,
+        completion_field=task.completion_field,
         answer_pattern=task.answer_pattern,
     )
     out = runs_dir / f"rl_{objective}"
+    shutil.rmtree(out, ignore_errors=True)  # an unfinished follow-up of the study: redone
     begin = time.perf_counter()
-    steps = run_grpo(Path(start["folder"]) / EXPORT_DIR, runs_dir / "train_epoch.jsonl", out, settings)
+    steps = run_grpo(Path(start["folder"]) / EXPORT_DIR, runs_dir / "train_epoch.jsonl", out, rl)
     seconds = time.perf_counter() - begin
     plan = RunPlan(objective, None, str(out / "model"), start["seed"], out, drift_model=model)
     after = run(plan, budget, task, root)
-    log.info("GRPO from %s: %d steps, %.0f s", run_name(objective, start["lr"]), len(steps), seconds)
-    return {"from": run_name(objective, start["lr"]), "steps": steps, "grpo_seconds": seconds, "after": after}
+    name = run_name(objective, start["lr"])
+    log.info("GRPO from %s: %d steps, %.0f s", name, len(steps), seconds)
+    result = {"from": name, "steps": steps, "grpo_seconds": seconds, "after": after}
+    progress.write_json(done, result)  # last: the follow-up is finished
+    return result
 
 
 def selected(records: list[dict]) -> dict:
@@ -243,13 +265,25 @@ def selected(records: list[dict]) -> dict:
     return max(records, key=lambda r: r["selected"]["dev_accuracy"])
 
 
-def measure(budget_name: str, budget: Budget, task: Task, model: str, runs_dir: Path, root: Path) -> dict:
+def measure(
+    budget_name: str,
+    budget: Budget,
+    task: Task,
+    model: str,
+    runs_dir: Path,
+    root: Path,
+    restart: bool = False,
+) -> dict:
     """The base model's scores, each objective's lr grid at the first seed (selected on dev), and the
-    ``rerun`` objectives at their selected lr for every later seed."""
+    ``rerun`` objectives at their selected lr for every later seed. Continues the study of the same
+    settings in ``runs_dir`` (``progress``); ``restart`` starts it afresh."""
     begin, load_before = time.perf_counter(), os.getloadavg()[0]
     refuse_foreign(runs_dir, STUDY, "--runs-dir")
-    remove_recorded(runs_dir, STUDY)  # an earlier study's runs, and nothing else
-    record(runs_dir, STUDY, STUDY_ENTRIES)
+    record(runs_dir, STUDY, STUDY_ENTRIES)  # first: a kill from here on leaves only entries it covers
+    settings = progress.settings(budget_name, budget, task, model, root)
+    if progress.begin_study(runs_dir, STUDY, settings, restart):
+        log.info("continuing the study in %s: its finished runs are kept", runs_dir)
+    earlier = progress.recorded_seconds(runs_dir)
     epoch_file(task, budget, runs_dir)
     first, *later = budget.seeds
     out = runs_dir / f"seed{first}"
@@ -283,6 +317,6 @@ def measure(budget_name: str, budget: Budget, task: Task, model: str, runs_dir: 
         "grid": grid,
         "chosen": chosen,
         "rl": rl,
-        "seconds": time.perf_counter() - begin,
+        "seconds": earlier + time.perf_counter() - begin,
         "load": [load_before, os.getloadavg()[0]],
     }

@@ -20,6 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from psft_lightning.data.sources import read_rows
 from psft_lightning.errors import ConfigError, DataError
 from psft_lightning.evaluation import generate, isolated, render_prompts
+from psft_lightning.evaluation.answers import last_answer, reference_answer, same_answer
 from psft_lightning.export import write_model
 from psft_lightning.models import load_tokenizer
 
@@ -29,7 +30,9 @@ class Task:
     """The in-domain task: train/dev/test files, their field names and how to read a final answer.
 
     ``answer_pattern``'s first group (or whole match) of the last match in a generated answer is
-    compared, as text, with the row's ``final_field``; ``#### (\\S+)`` reads grade-school math data.
+    compared (``evaluation.answers.same_answer``: numbers by value, else normalised text) with the row's
+    reference answer: its ``final_field``, or, in a row without one, the last answer the pattern finds
+    in its completion (``... #### 18`` with ``#### (\\S+)``, grade-school math data).
     """
 
     train_file: str = "data/arithmetic/train.jsonl"
@@ -47,27 +50,44 @@ class Task:
             raise ConfigError(f"answer pattern {self.answer_pattern!r} is not a regex: {err}") from None
 
     def questions(self, path: str, limit: int) -> list[tuple[str, str]]:
-        """(prompt, final answer as text) of the first ``limit`` rows of ``path`` (0: all)."""
+        """(prompt, reference answer) of the first ``limit`` rows of ``path`` (0: all)."""
         pairs = []
         for row, where in read_rows(path):
-            prompt, final = row.get(self.prompt_field), row.get(self.final_field)
-            if not isinstance(prompt, str) or final is None:
-                raise DataError(
-                    f"{where}: the study needs fields {self.prompt_field!r} and {self.final_field!r}"
-                )
-            pairs.append((prompt, str(final).strip()))
+            pairs.append(self.question(row, where))
             if len(pairs) == limit:
                 break
         return pairs
 
+    def question(self, row: dict, where: str) -> tuple[str, str]:
+        """A row's prompt and reference answer, or a DataError naming the field it lacks."""
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+        for name in (self.prompt_field, self.completion_field):
+            if not isinstance(row.get(name), str):
+                raise DataError(
+                    f"{where}: the study needs a text field {name!r} (the "
+                    f"{'prompt' if name == self.prompt_field else 'completion'}); the row has {sorted(row)}"
+                )
+        final = reference_answer(row, self.final_field, self.completion_field, self.compiled())
+        if final is None:
+            raise DataError(
+                f"{where}: no final answer: the row has no field {self.final_field!r} and the answer "
+                f"pattern {self.answer_pattern!r} does not match its {self.completion_field!r}; give "
+                "--final-field, or an --answer-pattern its completions end with"
+            )
+        return row[self.prompt_field], final
+
+    def check(self) -> None:
+        """Read every row of the train, dev and test files as the study will, before any model loads."""
+        self.compiled()
+        for path in (self.train_file, self.dev_file, self.test_file):
+            for row, where in read_rows(path):
+                self.question(row, where)
+
 
 def correct(text: str, final: str, pattern: re.Pattern) -> bool:
     """Whether the last answer ``pattern`` finds in ``text`` is ``final``; no match is wrong."""
-    matches = list(pattern.finditer(text))
-    if not matches:
-        return False
-    last = matches[-1]
-    return (last.group(1) if pattern.groups else last.group(0)).strip() == final
+    return same_answer(last_answer(text, pattern), final)
 
 
 @dataclass(frozen=True)
