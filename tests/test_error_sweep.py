@@ -151,6 +151,8 @@ SITES = {
     "psft_lightning.data.sources:_load_saved": "saved",
     "psft_lightning.data.sources:_dataset_rows": "saved",
     "psft_lightning.data.datamodule:PSFTDataModule.__init__": "fit",
+    "psft_lightning.data.collate:check_packing": "fit",
+    "psft_lightning.data.formats:Fields.of": "fit",
     "psft_lightning.data.datamodule:PSFTDataModule.load_examples": "fit",
     "psft_lightning.data.formats:detect_format": "fit",
     "psft_lightning.data.formats:_string_field": "fit",

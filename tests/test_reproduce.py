@@ -102,7 +102,7 @@ def test_every_epoch_of_sft_and_psft_is_a_frontier_point_and_claim_3_is_decided_
             logged = read_scalars(r["folder"])
             assert [s for s, _ in logged["ood/drift_nll"]] == [8, 16] and len(logged["ood/if_strict"]) == 1
     assert all(not r["points"] for r in record["grid"]["dft"])  # off the frontier: the final sets only
-    assert "## Claim 3 at equal learning: the frontier" in page and "(the paper's protocol)" in page
+    assert "## Claim 3 at equal learning: the frontier" in page and "test split: the paper's protocol)" in page
     assert re.search(
         r"^\| drift NLL ↓ \| [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \| seed 0: ", page, re.MULTILINE
     )
