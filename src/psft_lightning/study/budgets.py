@@ -161,6 +161,7 @@ class Budget:
         at_epochs = self.epochs if steps // self.epochs % self.entropy_every else 0  # the probe at each epoch
         probe = EvalConfig(**self.eval).num_probe * SECONDS_PER_PROBE_ROW
         probes = (steps // self.entropy_every + at_epochs) * probe
+
         # SECONDS_PER_RUN holds one probe, which a trained run no longer makes at step 0 (the base run's)
         def trained(objective: str) -> float:  # and its dev answers after each epoch
             dev = self.epochs * self.scoring_of(objective)["num_dev"] * answer
