@@ -65,7 +65,7 @@ def answer_seconds(batch_size: int) -> float:
 
 
 OOD_ROWS = {"num_mc": 208, "num_drift": 64, "num_if": 64}  # the bundled sets: what a size of 0 means
-TOKENS_PER_ROW = 90  # prompt with chat template (59) and answer (31) of an arithmetic row
+TOKENS_PER_ROW = 70  # prompt with chat template (51) and answer with EOS (19) of a one-step row
 # GRPO (TRL, fp32): one step of 2 prompts x 4 samples x 64 new tokens used 2.5 CPU-minutes on 2 cores,
 # about 0.15 s per sampled token once generation, the policy's scoring forward and backward are counted
 SECONDS_PER_RL_TOKEN = 0.15
@@ -81,7 +81,7 @@ class Budget:
     first seed at each of those old-policy refresh intervals (``study/refresh.py``).
     """
 
-    train_rows: int  # the first N training rows are one epoch
+    train_rows: int  # a seeded sample of N training rows is one epoch (``runs.epoch_file``)
     epochs: int  # a dev checkpoint at the end of each
     batch_size: int
     max_length: int
@@ -161,15 +161,19 @@ class Budget:
         at_epochs = self.epochs if steps // self.epochs % self.entropy_every else 0  # the probe at each epoch
         probe = EvalConfig(**self.eval).num_probe * SECONDS_PER_PROBE_ROW
         probes = (steps // self.entropy_every + at_epochs) * probe
+
         # SECONDS_PER_RUN holds one probe, which a trained run no longer makes at step 0 (the base run's)
-        trained = train + probes - probe + self.epochs * self.scoring["num_dev"] * answer + fixed
+        def trained(objective: str) -> float:  # and its dev answers after each epoch
+            dev = self.epochs * self.scoring_of(objective)["num_dev"] * answer
+            return train + probes - probe + dev + fixed + test(self.scoring_of(objective))
+
         total = fixed + test(self.scoring)  # the base model
         for objective in study_objectives():
             runs = len(self.lrs.get(objective, (None,))) + (len(self.seeds) - 1) * (
                 objective in self.reruns()
             )
-            total += runs * (trained + test(self.scoring_of(objective)))
-        total += self.sweep_runs() * (trained + test(self.scoring_of("psft")))
+            total += runs * trained(objective)
+        total += self.sweep_runs() * trained("psft")
         config = EvalConfig(**self.eval)
         skipped = sum(set_cost(config, s) for s in ("mc", "drift", "if") if s not in self.peer_ood)
         peers = [name for name in study_objectives() if name not in self.lrs]
@@ -261,7 +265,7 @@ BUDGETS = {
         rerun=(),
         expected="under 20 minutes on 2 idle CPU cores (estimate below)",
     ),
-    "standard": Budget(  # sized by calibration runs of SFT/PSFT on this machine: see its docstring
+    "standard": Budget(  # docs/calibration.md: 256 rows and dev 128 / test 512 await re-measured rates
         train_rows=128,
         epochs=3,
         batch_size=8,

@@ -27,7 +27,7 @@ from psft_lightning.study.budgets import Budget, eval_config
 from psft_lightning.study.curves import entropy_curves
 from psft_lightning.study.frontier import frontier_points
 from psft_lightning.study.objectives import objective_configs, study_objectives
-from psft_lightning.study.selection import Scoring, SelectCheckpoint, Task
+from psft_lightning.study.selection import Scoring, SelectCheckpoint, Task, sampled
 from psft_lightning.study.timing import time_split
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,12 @@ def run_name(objective: str, lr: float | None) -> str:
 
 
 def epoch_file(task: Task, budget: Budget, out: Path) -> Path:
-    """The first ``budget.train_rows`` training rows as the file every run trains on (one epoch)."""
+    """``budget.train_rows`` training rows, a seeded sample (``selection.sampled``), as the file every
+    run trains on (one epoch). Not the first rows: the bundled files are sorted by question,
+    and their first 128 rows were 115 of one template of ten."""
     path = out / "train_epoch.jsonl"
-    rows = []
-    for row, _ in read_rows(task.train_file):
-        rows.append(json.dumps(row, ensure_ascii=False))
-        if len(rows) == budget.train_rows:
-            break
+    chosen = sampled([row for row, _ in read_rows(task.train_file)], budget.train_rows)
+    rows = [json.dumps(row, ensure_ascii=False) for row in chosen]
     out.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path

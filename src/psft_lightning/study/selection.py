@@ -9,6 +9,7 @@ every number of a run describes its selected checkpoint.
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,15 @@ from psft_lightning.export import write_model
 from psft_lightning.models import load_tokenizer
 
 
+def sampled(rows: list, limit: int, seed: int = 0) -> list:
+    """The first ``limit`` (0: all) of ``rows`` in one fixed shuffled order: a sorted file (by question,
+    by template) still gives a representative subset, and a smaller sample is the start of a larger one,
+    so a peer scored on fewer test questions is paired with the first of the grid's (``verdicts.common``)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return [rows[i] for i in order[: limit or None]]
+
+
 @dataclass(frozen=True)
 class Task:
     """The in-domain task: train/dev/test files, their field names and how to read a final answer.
@@ -35,13 +45,13 @@ class Task:
     in its completion (``... #### 18`` with ``#### (\\S+)``, grade-school math data).
     """
 
-    train_file: str = "data/arithmetic/train.jsonl"
-    dev_file: str = "data/arithmetic/dev.jsonl"
-    test_file: str = "data/arithmetic/test.jsonl"
+    train_file: str = "data/arithmetic_one_step/train.jsonl"  # calibrated: docs/calibration.md
+    dev_file: str = "data/arithmetic_one_step/dev.jsonl"
+    test_file: str = "data/arithmetic_one_step/test.jsonl"
     prompt_field: str = "question"
     completion_field: str = "answer"
     final_field: str = "final"
-    answer_pattern: str = r"The answer is (-?\d+)\."
+    answer_pattern: str = r"(-?\d+)"  # the reply's last number (lm-eval's flexible extraction)
 
     def compiled(self) -> re.Pattern:
         try:
@@ -50,13 +60,8 @@ class Task:
             raise ConfigError(f"answer pattern {self.answer_pattern!r} is not a regex: {err}") from None
 
     def questions(self, path: str, limit: int) -> list[tuple[str, str]]:
-        """(prompt, reference answer) of the first ``limit`` rows of ``path`` (0: all)."""
-        pairs = []
-        for row, where in read_rows(path):
-            pairs.append(self.question(row, where))
-            if len(pairs) == limit:
-                break
-        return pairs
+        """(prompt, reference answer) of ``limit`` rows of ``path`` (0: all), seeded (``sampled``)."""
+        return [self.question(row, where) for row, where in sampled(list(read_rows(path)), limit)]
 
     def question(self, row: dict, where: str) -> tuple[str, str]:
         """A row's prompt and reference answer, or a DataError naming the field it lacks."""

@@ -39,7 +39,7 @@ def spread(values: list[float]) -> str:
 
 def common(chosen: dict[str, list[dict]], name: str, key: str, reference: str) -> tuple[list, list]:
     """Both objectives' first-seed scores on the test questions both were scored on (a peer may be
-    scored on the first N only: the same questions, in the same order)."""
+    scored on the first N of the same seeded sample only: the same questions, in the same order)."""
     ref, other = chosen[reference][0][key], chosen[name][0][key]
     n = min(len(ref), len(other))
     return ref[:n], other[:n]
