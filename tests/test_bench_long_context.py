@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
-from pathlib import Path
 
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_long_context.py"
+from scripts_module import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_long_context", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_long_context")
 
 
 def test_live_tensors_counts_each_new_storage_once_until_it_is_freed():

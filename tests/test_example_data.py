@@ -3,20 +3,17 @@ study's power needs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+from scripts_module import load_script
+
 DATA = Path(__file__).resolve().parent.parent / "data" / "arithmetic"
-SCRIPT = DATA.parent.parent / "scripts" / "make_example_data.py"
 
 
 def generator():
     """scripts/make_example_data.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("make_example_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_example_data")
 
 
 def test_generator_rebuilds_the_bundled_splits_and_no_question_is_in_two(tmp_path):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
+
+from scripts_module import load_script
 
 from psft_lightning.evaluation.answers import extract_answer
 
@@ -14,12 +15,7 @@ DATA = REPO / "data" / "long_traces"
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location(
-        "make_long_traces", REPO / "scripts" / "make_long_traces.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_long_traces")
 
 
 def test_committed_sample_is_the_generator_output(tmp_path):

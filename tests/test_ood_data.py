@@ -4,19 +4,17 @@ here from the question text alone."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from scripts_module import load_script
 
 from psft_lightning.evaluation.constraints import CHECKS
 from psft_lightning.study.budgets import BUDGETS, OOD_ROWS, ood_cost
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "make_ood_data.py"
 DATA = ROOT / "data" / "ood"
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = "January February March April May June July August September October November December".split()
@@ -40,11 +38,7 @@ def rows(name: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def generator():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("make_ood_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_ood_data")
 
 
 def test_same_seed_writes_the_committed_bytes_and_another_seed_differs(generator, tmp_path):

@@ -210,13 +210,13 @@ def set_cost(config: EvalConfig, name: str) -> float:
 
 
 SMALL_OOD = {"num_probe": 16, "num_mc": 48, "num_drift": 16, "num_if": 12, "if_max_new_tokens": 48}
-# the OOD probes of the standard study: all 64 instructions and IF prompts (one item < 2 points), 48 of
-# the 208 multiple-choice questions (100 until DEFT, TrSFT and EKSFT joined the peers; 64 until MC and
-# drift were measured at every epoch of SFT's and PSFT's runs for the frontier, which the 90 minutes
-# then held only with 48)
+# every OOD probe of the standard study with >= 50 items (one item < 2 points): all 64 instructions and IF
+# prompts, 64 of the 208 multiple-choice questions (100 until DEFT, TrSFT and EKSFT joined the peers; the
+# frontier's per-epoch MC and drift fit beside them since peers measure drift only and each objective's
+# estimate counts its own dev size)
 STANDARD_OOD = {
     "num_probe": 16,
-    "num_mc": 48,
+    "num_mc": 64,
     "num_drift": 64,
     "num_if": 64,
     "if_max_new_tokens": 48,

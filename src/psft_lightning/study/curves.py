@@ -5,11 +5,10 @@ own training batch, before the update), over epochs, beside the probe's entropy 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from psft_lightning.study.budgets import LABELS
-from psft_lightning.study.plots import read_scalars
+from psft_lightning.study.plots import read_scalars, save_figure
 
 ENTROPY_PNG = "entropy_over_epochs.png"
 PANELS = {"train": "training responses (train/entropy, every step)", "probe": "probe (eval/entropy)"}
@@ -63,9 +62,4 @@ def plot_entropy(record: dict, out: Path, objectives: tuple[str, ...] = ("ce", "
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(out) / ENTROPY_PNG
-    os.makedirs(out, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out, ENTROPY_PNG)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from psft_lightning.study.budgets import LABELS
 from psft_lightning.study.frontier import ORIENTATION, X_KEY, Matched, envelope, runs_of, score
+from psft_lightning.study.plots import save_figure
 from psft_lightning.study.verdicts import METRICS
 
 FRONTIER_PNG = "frontier.png"
@@ -60,12 +61,7 @@ def plot_frontier(record: dict, out: Path, compared: dict[str, Matched | None]) 
         ax.set_title(f"{METRICS[metric]} at every epoch checkpoint", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(out) / FRONTIER_PNG
-    os.makedirs(out, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out, FRONTIER_PNG)
 
 
 def matched_rows(

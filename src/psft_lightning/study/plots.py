@@ -17,6 +17,7 @@ import argparse
 import glob
 import os
 import re
+from pathlib import Path
 
 from psft_lightning.commands import command_parser
 from psft_lightning.errors import ConfigError
@@ -79,6 +80,18 @@ def png_name(tag: str) -> str:
     return tag.replace("/", "_").replace("@", "_at_") + ".png"
 
 
+def save_figure(fig, out: str | Path, name: str) -> Path:
+    """Lay out, write ``<out>/<name>`` and close a matplotlib figure (every study figure ends so)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(out) / name
+    os.makedirs(out, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot(runs: dict[str, Series], tags: list[str], out: str) -> list[str]:
     """One PNG per tag that any run has; returns the written paths."""
     import matplotlib
@@ -101,11 +114,7 @@ def plot(runs: dict[str, Series], tags: list[str], out: str) -> list[str]:
         ax.set_title(tag)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(out, png_name(tag))
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(str(save_figure(fig, out, png_name(tag))))
     return written
 
 
