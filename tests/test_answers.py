@@ -74,7 +74,9 @@ def write(path, rows: list) -> str:
 def test_selection_grpo_and_evaluation_read_rows_without_a_final_field(tmp_path):
     path = write(tmp_path / "d.jsonl", gsm8k_rows(3))
     task = Task(path, path, path, answer_pattern=r"#### (\S+)")
-    assert task.questions(path, 2) == [("What is 0 times 1000?", "0,000"), ("What is 1 times 1000?", "1,000")]
+    every = task.questions(path, 0)  # a seeded sample (study.selection.sampled): here all three, shuffled
+    assert sorted(every) == [(f"What is {a} times 1000?", f"{a},000") for a in range(3)]
+    assert task.questions(path, 2) == every[:2]
     assert correct("so #### 1000.", "1,000", task.compiled()) and not correct(
         "1000", "1,000", task.compiled()
     )
