@@ -204,7 +204,9 @@ def test_any_dataset_with_fields_and_an_answer_pattern(tmp_path):
     assert correct("so #### 4 then #### 34", "34", task.compiled()) and not correct(
         "34", "34", task.compiled()
     )
-    assert task.questions(task.test_file, 2) == [("What is 17 plus 17?", "34"), ("What is 18 plus 18?", "36")]
+    every = task.questions(task.test_file, 0)  # a seeded sample (selection.sampled) of the four
+    assert sorted(every) == [(f"What is {a} plus {a}?", str(2 * a)) for a in range(17, 21)]
+    assert task.questions(task.test_file, 2) == every[:2]
     epoch_file(task, BUDGETS["test"], tmp_path / "runs")
     record = run(RunPlan("ce", 1e-3, "tiny", 0, tmp_path / "runs" / "seed0"), BUDGETS["test"], task, ROOT)
     assert len(record["test_greedy"]) == 4 and record["task"]["answer_pattern"] == r"#### (\S+)"

@@ -61,7 +61,7 @@ class Task:
 
     def questions(self, path: str, limit: int) -> list[tuple[str, str]]:
         """(prompt, reference answer) of ``limit`` rows of ``path`` (0: all), seeded (``sampled``)."""
-        return [self.question(row, where) for row, where in sampled(list(read_rows(path)), limit)]
+        return sampled([self.question(row, where) for row, where in read_rows(path)], limit)
 
     def question(self, row: dict, where: str) -> tuple[str, str]:
         """A row's prompt and reference answer, or a DataError naming the field it lacks."""
