@@ -134,10 +134,10 @@ def test_standard_budget_reports_every_ood_probe_on_at_least_50_items():
 
 
 def test_ood_cost_is_items_times_rates_beyond_smoke():
-    # 64 IF answers x 0.33 s (batches of 64) + 64 questions x 0.46 s + 64 drift rows x 0.59 s, less
+    # 64 IF answers x 0.21 s (batches of 64) + 64 questions x 0.46 s + 64 drift rows x 0.59 s, less
     # smoke's 12 IF answers (batches of 16, 0.5 s), 48 questions and 16 drift rows
-    assert ood_cost(BUDGETS["standard"].eval) == pytest.approx(21.12 + 29.44 + 37.76)
-    assert BUDGETS["standard"].ood_seconds() == pytest.approx(88.32 - (6 + 22.08 + 9.44))
+    assert ood_cost(BUDGETS["standard"].eval) == pytest.approx(13.44 + 29.44 + 37.76)
+    assert BUDGETS["standard"].ood_seconds() == pytest.approx(80.64 - (6 + 22.08 + 9.44))
     assert BUDGETS["smoke"].ood_seconds() == 0
     # full: every item, IF answers of 128 tokens cost 128/48 of a 48-token one
     assert ood_cost(BUDGETS["full"].eval) == pytest.approx(64 * 0.5 * 128 / 48 + 208 * 0.46 + 64 * 0.59)

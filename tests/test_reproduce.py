@@ -220,8 +220,9 @@ def test_any_dataset_with_fields_and_an_answer_pattern(tmp_path):
 def test_the_budgets_fit_their_machines():
     standard = BUDGETS["standard"]
     assert standard.estimate() <= 90 * 60 and BUDGETS["smoke"].estimate() <= 20 * 60
-    assert standard.rl and set(standard.rl_from) == {"ce", "psft"}
-    assert standard.scoring["num_test"] >= 256 and len(standard.seeds) >= 2
+    assert not standard.rl  # GRPO that moves does not fit beside it: sized on its own (docs/rl.md)
+    assert standard.scoring["num_test"] >= 512 and standard.scoring["num_dev"] >= 100
+    assert len(standard.seeds) >= 2
     for budget in BUDGETS.values():
         assert len(budget.lrs["ce"]) >= 2 and len(budget.lrs["psft"]) >= 2
     assert (

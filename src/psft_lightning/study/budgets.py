@@ -45,11 +45,18 @@ PAPER = "https://arxiv.org/abs/2508.17784"
 # idle cores, so the idle rates are used. bf16-mixed speeds training up, if at all; it does not
 # change generation (the evaluation runs the fp32 weights).
 # Timed again idle for the standard study (2026-12-02): bf16-mixed training ran at a median 352 training
-# tokens/s (SFT, batch 8 x 128), and 64 greedy answers of 48 new tokens took 27.0 s in batches of 16 and
-# 18.1 s in batches of 64 (the same answers): the rates per precision and per generation batch size.
-SECONDS_PER_TRAIN_TOKEN = {"32-true": 1 / 200, "bf16-mixed": 1 / 340}
-SECONDS_PER_ANSWER = {16: 0.5, 64: 0.33}  # a greedy or sampled answer of up to 48 new tokens, by batch
-SECONDS_PER_RUN = 20  # start-up and model load, the entropy probe and the OOD sets at SMALL_OOD's sizes
+# tokens/s (SFT, batch 8 x 128) on the old task's rows of ~110 tokens.
+# Re-timed idle on the one-step task (2026-12-03, AMD EPYC without AMX, bf16 GEMM ~410 GFLOP/s; one SFT
+# run of 256 rows, docs/calibration.md): a step of 8 rows of ~70 tokens took a median 2.85 s (196
+# tokens/s: the optimizer's fixed cost per step weighs more on short rows), PSFT and the KL objectives
+# about a quarter more (their frozen twin's forward); 128 dev answers took 25.9 s and 516 test answers
+# 106.5 s in batches of 64 (a trained one-step answer is ~19 tokens and stops at EOS): 0.2 s each; the
+# run's start-up (model load, trainer, first probe) 28.6 s.
+# fp32 from bf16 by this host's measured bf16/fp32 step ratio, 1.89 (docs/benchmarks.md)
+SECONDS_PER_TRAIN_TOKEN = {"32-true": 1.89 / 196, "bf16-mixed": 1 / 196}
+TRAIN_COST = {"psft": 1.25, "psft_warmup": 1.25, "kl": 1.25}  # per-token cost beyond SFT's, by objective
+SECONDS_PER_ANSWER = {16: 0.5, 64: 0.21}  # a greedy or sampled answer of up to 48 new tokens, by batch
+SECONDS_PER_RUN = 29  # start-up and model load, the entropy probe and the OOD sets at SMALL_OOD's sizes
 SECONDS_PER_PROBE_ROW = 0.175  # a periodic entropy probe: 16 rows took 2.5-4.0 s (fp32, the standard study)
 # The OOD sets beyond SMALL_OOD's sizes, per item, from timing the base model on every item of
 # data/ood/ (data/ood/README.md: one thread, niced, shared machine): 64 IF answers of 48 tokens took
@@ -165,7 +172,8 @@ class Budget:
         # SECONDS_PER_RUN holds one probe, which a trained run no longer makes at step 0 (the base run's)
         def trained(objective: str) -> float:  # and its dev answers after each epoch
             dev = self.epochs * self.scoring_of(objective)["num_dev"] * answer
-            return train + probes - probe + dev + fixed + test(self.scoring_of(objective))
+            cost = TRAIN_COST.get(objective, 1.0)
+            return cost * train + probes - probe + dev + fixed + test(self.scoring_of(objective))
 
         total = fixed + test(self.scoring)  # the base model
         for objective in study_objectives():
@@ -256,7 +264,14 @@ BUDGETS = {
         refresh_every=4,
         ce_warmup=2,
         entropy_every=4,
-        scoring={"num_dev": 16, "num_test": 64, "k": 2, "num_sampled": 16, "max_new_tokens": 48},
+        scoring={
+            "num_dev": 16,
+            "num_test": 64,
+            "k": 2,
+            "num_sampled": 16,
+            "max_new_tokens": 48,
+            "batch_size": 64,
+        },
         peer_scoring={"num_test": 16, "num_sampled": 8},
         eval=SMALL_OOD,
         peer_ood=("drift",),
@@ -265,28 +280,28 @@ BUDGETS = {
         rerun=(),
         expected="under 20 minutes on 2 idle CPU cores (estimate below)",
     ),
-    "standard": Budget(  # docs/calibration.md: 256 rows and dev 128 / test 512 await re-measured rates
-        train_rows=128,
-        epochs=3,
+    "standard": Budget(  # docs/calibration.md: off the floor, +-6 points paired, within 90 minutes
+        train_rows=192,
+        epochs=2,
         batch_size=8,
         max_length=128,
         refresh_every=8,  # the paper's 8 updates per snapshot (global batch 64, mini-batch 8)
         ce_warmup=8,
-        entropy_every=16,  # the probe once per epoch (train/entropy is logged every step)
+        entropy_every=12,  # the probe twice per epoch (train/entropy is logged every step)
         scoring={
-            "num_dev": 32,
-            "num_test": 256,
+            "num_dev": 128,  # one question is 0.8 points
+            "num_test": 512,  # a paired difference to about +-5 points
             "k": 2,
             "num_sampled": 32,
             "max_new_tokens": 48,
             "batch_size": 64,
         },
-        peer_scoring={"num_test": 64, "num_sampled": 16},
+        # the peers' lr is fixed, so dev only picks their epoch: 32 questions; their test is informative
+        peer_scoring={"num_dev": 32, "num_test": 64, "num_sampled": 16},
         eval=STANDARD_OOD,
         peer_ood=("drift",),
         lrs={"ce": (1e-4, 3e-4), "psft": (1e-4, 3e-4)},
         lr=2e-4,
-        rl={"steps": 4, "batch_size": 2, "num_generations": 4, "max_new_tokens": 40, "lr": 1e-5},
         expected="under 90 minutes on 2 idle CPU cores (estimate below)",
     ),
     "full": Budget(
