@@ -295,7 +295,7 @@ def measure(
         log.warning("no config under %s/configs selects %s: not in the study", root, ", ".join(skipped))
     for objective in configs:
         lrs = budget.lrs.get(objective) or (budget.lr or config_lr(objective, root),)
-        export = bool(budget.rl) and objective in budget.rl_from
+        export = objective in budget.rl_from  # also without ``rl``: scripts/rl_follow_up.py starts there
         plans = [RunPlan(objective, lr, model, first, out, export) for lr in lrs]
         grid[objective] = [run(plan, budget, task, root) for plan in plans]
         chosen[objective] = [selected(grid[objective])]
