@@ -141,7 +141,7 @@ def test_the_rl_follow_up_starts_from_the_selected_checkpoints_and_is_evaluated(
         assert set(after["metrics"]) >= {"ood/mc_acc", "ood/drift_nll", "ood/if_strict", "eval/entropy"}
     # drift after RL is measured against the base model's answers, not the RL model's own
     assert sorted(p.name for p in (out / "runs").glob("drift_reference*")) == ["drift_reference.tiny.jsonl"]
-    assert "## Claim 4: the RL follow-up" in page and "| PSFT (psft_lr" in page
+    assert "## Claim 4: the RL follow-up" in page and "| PSFT -> GRPO (seed 0) from psft_lr" in page
     assert "After GRPO, PSFT's start minus SFT's on the same test questions" in page
     for name in ("rl_reward", "rl_entropy"):
         assert (out / "results" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -199,3 +199,23 @@ def test_begin_continues_the_same_settings_refuses_others_and_restart_removes_on
     (runs_dir / "study.json").write_text("{half", encoding="utf-8")
     with pytest.raises(ConfigError, match="is not a study's settings .*--restart"):
         progress.begin_study(runs_dir, STUDY, other, restart=False)
+
+
+def test_a_finished_study_continues_with_grpo_at_more_seeds_without_training_again(continued):
+    _, out, args, *_ = continued
+    seed0, runs_dir = out / "runs" / "seed0", out / "runs"
+    trained = {path.name: snapshot(path) for path in seed0.glob("*.json")}
+    first = {name: snapshot(runs_dir / f"rl_{name}.json") for name in ("ce", "psft")}
+    more = subprocess.run([str(PSFT), *args, "--rl", "0", "1"], capture_output=True, text=True, timeout=900)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert {path.name: snapshot(path) for path in seed0.glob("*.json")} == trained  # nothing re-trained
+    assert {name: snapshot(runs_dir / f"rl_{name}.json") for name in ("ce", "psft")} == first
+    record = json.loads((runs_dir / "results.json").read_text(encoding="utf-8"))
+    for name in ("ce", "psft"):
+        (later,) = record["rl_seeds"][name]
+        assert later["seed"] == 1 and later["settings"] == {"seed": 1, **BUDGETS["test"].rl}
+        assert later["from"] == record["rl"][name]["from"]
+        assert len(later["steps"]) == BUDGETS["test"].rl["steps"]
+        assert (runs_dir / f"rl_{name}_seed1.json").is_file()
+    page = (out / "results.md").read_text(encoding="utf-8")
+    assert "| SFT -> GRPO (seed 1) from ce_lr" in page and "| PSFT -> GRPO (seed 0) from psft_lr" in page

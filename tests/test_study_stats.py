@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from psft_lightning.study.stats import mcnemar_exact, paired_bootstrap
+from psft_lightning.study.stats import mcnemar_exact, paired_bootstrap, window_change
 
 
 def test_mcnemar_exact_counts_discordant_questions_and_doubles_the_binomial_tail():
@@ -29,3 +29,14 @@ def test_paired_bootstrap_interval_brackets_the_mean_difference_and_is_seeded():
     assert paired_bootstrap(a, b, samples=1000, seed=3) == result
     tie = paired_bootstrap([0.0, 1.0] * 20, [1.0, 0.0] * 20, samples=500)
     assert tie.diff == 0.0 and tie.low < 0 < tie.high and not tie.decided()
+
+
+def test_window_change_is_the_last_window_minus_the_first_with_a_resampled_interval():
+    # each window resampled alone: [0, 1] gives means 0, 1/2, 1 (1/4, 1/2, 1/4) and [1, 1] gives 1, so the
+    # change is 1, 1/2 or 0, and the 2.5/97.5 percentiles of 2,000 draws are 0 and 1
+    change = window_change([0.0, 1.0, 1.0, 0.0, 1.0, 1.0], 2)
+    assert (change.diff, change.low, change.high, change.n) == (0.5, 0.0, 1.0, 2)
+    flat = window_change([0.25, 0.25, 0.75, 0.75], 2)  # no spread inside a window: the interval is a point
+    assert (flat.diff, flat.low, flat.high) == (0.5, 0.5, 0.5) and flat.decided()
+    with pytest.raises(ValueError, match="a window of 3 needs 6 values or more, got 5"):
+        window_change([0.0] * 5, 3)

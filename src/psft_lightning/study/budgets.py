@@ -76,6 +76,9 @@ TOKENS_PER_ROW = 70  # prompt with chat template (51) and answer with EOS (19) o
 # GRPO (TRL, fp32): one step of 2 prompts x 4 samples x 64 new tokens used 2.5 CPU-minutes on 2 cores,
 # about 0.15 s per sampled token once generation, the policy's scoring forward and backward are counted
 SECONDS_PER_RL_TOKEN = 0.15
+# `psft study --rl` on a budget without its own ``rl``: GRPO long enough for the training reward to move
+# (4 prompts x 4 samples per step: a step's reward is a mean of 16 answers), short one-step answers
+RL_FOLLOW_UP = {"steps": 24, "batch_size": 4, "num_generations": 4, "max_new_tokens": 32, "lr": 5e-5}
 
 
 @dataclass(frozen=True)
@@ -281,13 +284,13 @@ BUDGETS = {
         expected="under 20 minutes on 2 idle CPU cores (estimate below)",
     ),
     "standard": Budget(  # docs/calibration.md: off the floor, +-6 points paired, within 90 minutes
-        train_rows=192,
+        train_rows=128,  # 192 reached 80% dev at lr 1e-4 but ran over 90 minutes (about 97)
         epochs=2,
         batch_size=8,
         max_length=128,
         refresh_every=8,  # the paper's 8 updates per snapshot (global batch 64, mini-batch 8)
         ce_warmup=8,
-        entropy_every=12,  # the probe twice per epoch (train/entropy is logged every step)
+        entropy_every=8,  # the probe twice per epoch (train/entropy is logged every step)
         scoring={
             "num_dev": 128,  # one question is 0.8 points
             "num_test": 512,  # a paired difference to about +-5 points

@@ -29,6 +29,9 @@ from psft_lightning.study.selection import Task
 
 SETTINGS_FILE = "study.json"
 FLAGS = {"seeds": "--seeds", "refresh_sweep": "--refresh-sweep"}  # budget fields a flag overrides
+# settings only the RL follow-up depends on: its record keeps them, and other values redo only it
+# (``follow_up.follow_up``), so a finished study can be continued with ``--rl``
+FOLLOW_UP_SETTINGS = ("budget.rl",)
 
 
 def write_json(path: Path, data: object) -> None:
@@ -80,7 +83,8 @@ def begin_study(runs_dir: Path, owner: str, now: dict, restart: bool) -> bool:
     """
     path = runs_dir / SETTINGS_FILE
     before = None if restart else earlier(path)
-    if before is not None and before != now:
+    if before is not None and trained(before) != trained(now):
+        before, now = trained(before), trained(now)
         changed = [name for name in now.keys() | before.keys() if before.get(name) != now.get(name)]
         shown = "; ".join(
             f"{name} was {short(before.get(name))}, now {short(now.get(name))}" for name in sorted(changed)
@@ -94,6 +98,11 @@ def begin_study(runs_dir: Path, owner: str, now: dict, restart: bool) -> bool:
         remove_recorded(runs_dir, owner)
     write_json(path, now)
     return before is not None
+
+
+def trained(settings: dict) -> dict:
+    """The settings the trained runs depend on (the RL follow-up's left out)."""
+    return {name: value for name, value in settings.items() if name not in FOLLOW_UP_SETTINGS}
 
 
 def earlier(path: Path) -> dict | None:

@@ -11,6 +11,7 @@ spread over seeds.
     psft study --budget standard               # <= 90 min on 2 CPU cores: docs/results.md
     psft study --budget full                   # GPU-sized
     psft study --budget smoke --refresh-sweep  # also PSFT refreshing every 1, 2, 8, 32 steps and never
+    psft study --budget standard --rl 0 1      # then GRPO from the selected SFT and PSFT, two seeds
     psft study --train-file my/train.jsonl --dev-file my/dev.jsonl --test-file my/test.jsonl \\
         --prompt-field question --completion-field answer \\
         --answer-pattern '#### (\\S+)'          # any dataset with a checkable final answer
@@ -44,16 +45,17 @@ from psft_lightning.commands import command_parser
 from psft_lightning.errors import ConfigError
 from psft_lightning.owned import MANIFEST, recorded
 from psft_lightning.owned import record as record_owned
-from psft_lightning.study.budgets import BUDGETS, LABELS
+from psft_lightning.study.budgets import BUDGETS, LABELS, RL_FOLLOW_UP
 from psft_lightning.study.curves import ENTROPY_PNG, plot_entropy
 from psft_lightning.study.frontier import compare
 from psft_lightning.study.frontier_page import FRONTIER_PNG, plot_frontier
+from psft_lightning.study.measure import measure
 from psft_lightning.study.page import write_results
 from psft_lightning.study.plots import plot, png_name, read_scalars
 from psft_lightning.study.progress import stops_to_continue, write_json
 from psft_lightning.study.refresh import REFRESH_SWEEP, interval, refresh_sweep
 from psft_lightning.study.rl_page import CURVES, curves
-from psft_lightning.study.runs import STUDY, measure
+from psft_lightning.study.runs import STUDY
 from psft_lightning.study.selection import Task
 
 TAGS = ["train/entropy", "eval/entropy", "dev/accuracy", "train/loss", "psft/clip_frac"]
@@ -94,6 +96,16 @@ def parser() -> ArgumentParser:
         help="also re-run PSFT (selected lr, first seed) at each old-policy refresh interval, a step count "
         f"or 'never', and table them (no value: {' '.join(map(str, REFRESH_SWEEP))})",
     )
+    parser.add_argument(
+        "--rl",
+        nargs="*",
+        type=int,
+        metavar="SEED",
+        help="also run GRPO from the selected SFT and PSFT checkpoints at each seed (no value: the first "
+        "seed), with the budget's RL settings or, where it has none, "
+        + ", ".join(f"{k} {v}" for k, v in RL_FOLLOW_UP.items())
+        + "; a finished study continues with it (its runs are kept)",
+    )
     defaults = Task()
     for name in (f.name for f in dataclasses.fields(Task)):
         flag = "--" + name.replace("_", "-")
@@ -125,11 +137,14 @@ def main(argv: list[str] | None = None) -> Path:
         budget = BUDGETS[args.budget]
         if args.seeds:
             budget = dataclasses.replace(budget, seeds=tuple(args.seeds))
+        if args.rl is not None:
+            budget = dataclasses.replace(budget, rl=budget.rl or RL_FOLLOW_UP)
         if args.refresh_sweep is not None:
             budget = dataclasses.replace(budget, refresh_sweep=tuple(args.refresh_sweep or REFRESH_SWEEP))
         model = args.model or budget.model
         with stops_to_continue(runs_dir):
-            record = measure(args.budget, budget, task, model, runs_dir, root, args.restart)
+            rl_seeds = tuple(args.rl or ())
+            record = measure(args.budget, budget, task, model, runs_dir, root, args.restart, rl_seeds)
             if budget.refresh_sweep:
                 begin = time.perf_counter()
                 record["refresh"] = refresh_sweep(
@@ -144,6 +159,7 @@ def main(argv: list[str] | None = None) -> Path:
         BUDGETS[record["budget"]],
         seeds=tuple(record["seeds"]),
         refresh_sweep=tuple(record.get("refresh_sweep", ())),
+        rl=record.get("rl_settings", BUDGETS[record["budget"]].rl),
     )
     prepare_plots(plots_dir)
     runs = {LABELS[name]: read_scalars(chosen[0]["folder"]) for name, chosen in record["chosen"].items()}

@@ -7,20 +7,43 @@ import os
 from pathlib import Path
 
 from psft_lightning.study.budgets import LABELS, Budget
+from psft_lightning.study.stats import window_change
 from psft_lightning.study.verdicts import METRICS, after_rl, mean, paired
 
 CURVES = ("rl/reward", "rl/entropy")  # per GRPO step, from the TRL log
 
 
+def follow_ups(record: dict) -> list[tuple[str, dict]]:
+    """(objective, follow-up) of every GRPO run: the first seed's, then the later seeds'."""
+    later = record.get("rl_seeds", {})
+    return [
+        (name, rl) for name, first in record.get("rl", {}).items() for rl in [first, *later.get(name, [])]
+    ]
+
+
+def rl_label(name: str, rl: dict) -> str:
+    return f"{LABELS[name]} -> GRPO" + (f" (seed {rl['seed']})" if "seed" in rl else "")
+
+
 def curves(record: dict) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Per start (label): reward and token entropy per GRPO step, as ``plots.plot`` takes them."""
+    """Per start and seed (label): reward and token entropy per GRPO step, as ``plots.plot`` takes them."""
     return {
-        f"{LABELS[name]} -> GRPO": {
+        rl_label(name, rl): {
             "rl/reward": [(row["step"], row["reward"]) for row in rl["steps"]],
             "rl/entropy": [(row["step"], row["entropy"]) for row in rl["steps"]],
         }
-        for name, rl in record.get("rl", {}).items()
+        for name, rl in follow_ups(record)
     }
+
+
+def reward_change(steps: list[dict]) -> str:
+    """Mean reward of the last quarter of the steps minus the first quarter's, with its interval (a
+    step's reward is the mean over its samples; the first and last step alone on a short run)."""
+    rewards = [row["reward"] for row in steps]
+    if len(rewards) < 2:
+        return "-"
+    window = max(1, len(rewards) // 4)
+    return f"{window_change(rewards, window)} ({window} steps each)"
 
 
 def _change(before: float, after: float) -> str:
@@ -32,31 +55,32 @@ def rl_section(record: dict, budget: Budget, plots: list[str], page: Path) -> li
     rl = record.get("rl") or {}
     if not rl:
         return []
-    settings = budget.rl
+    settings = record.get("rl_settings") or budget.rl
     k = budget.scoring["k"]
-    header = ["start", "test acc", f"avg@{k}", *METRICS.values(), "reward (first -> last step)", "GRPO (s)"]
+    header = ["start", "test acc", f"avg@{k}", *METRICS.values(), "reward change, last - first", "GRPO (s)"]
     lines = [
         "## Claim 4: the RL follow-up (GRPO from the selected checkpoints)",
         "",
         f"TRL's `GRPOTrainer` ({settings.get('steps')} steps of {settings.get('batch_size')} training "
         f"prompts x {settings.get('num_generations')} samples, up to {settings.get('max_new_tokens')} new "
         f"tokens, lr {settings.get('lr', 1e-6):g}, no KL term, exact-match reward) from each selected "
-        "checkpoint of the first seed, exported as `psft export` does; the result is evaluated as every run "
-        "(the same test questions; drift against the base model's own answers). Each cell: before -> after "
-        "GRPO.",
+        "checkpoint of the first training seed, exported as `psft export` does, at each GRPO seed; the "
+        "result is evaluated as every run (the same test questions; drift against the base model's own "
+        "answers). Each cell: before -> after GRPO. The reward change is the mean training reward of the "
+        "last quarter of the steps minus the first quarter's, with a 95% bootstrap interval over the steps.",
         "",
         "| " + " | ".join(header) + " |",
         "|---" * len(header) + "|",
     ]
     after = after_rl(rl)
-    for name, run in rl.items():
+    for name, run in follow_ups(record):
         start = record["chosen"][name][0]
         cells = [
-            f"{LABELS[name]} ({run['from']})",
+            f"{rl_label(name, run)} from {run['from']}",
             _change(mean(start["test_greedy"]), mean(run["after"]["test_greedy"])),
             _change(mean(start["test_avg_k"]), mean(run["after"]["test_avg_k"])),
             *(_change(start["metrics"][key], run["after"]["metrics"][key]) for key in METRICS),
-            _change(run["steps"][0]["reward"], run["steps"][-1]["reward"]),
+            reward_change(run["steps"]),
             f"{run['grpo_seconds']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -65,8 +89,8 @@ def rl_section(record: dict, budget: Budget, plots: list[str], page: Path) -> li
             "",
             "After GRPO, PSFT's start minus SFT's on the same test questions: greedy "
             f"{paired(after, 'psft', 'test_greedy')}, avg@{k} {paired(after, 'psft', 'test_avg_k')} "
-            "(paired bootstrap, 95% interval; one seed). The paper reports PSFT -> GRPO ending higher out "
-            "of domain with its entropy kept; compare the MC, drift, IF and entropy columns above.",
+            "(paired bootstrap, 95% interval; first GRPO seed). The paper reports PSFT -> GRPO ending higher "
+            "out of domain with its entropy kept; compare the MC, drift, IF and entropy columns above.",
         ]
     shown = [p for p in plots if Path(p).stem in {c.replace("/", "_") for c in CURVES}]
     lines += ["", *[f"![{Path(p).stem}]({os.path.relpath(p, page.parent)})" for p in shown], ""]

@@ -8,7 +8,6 @@ import gc
 import importlib
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -20,13 +19,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from psft_lightning.callbacks import ClippedTokens, GenerationEval, OldPolicy
 from psft_lightning.data.sources import read_rows
 from psft_lightning.fit import run_from_config
-from psft_lightning.owned import record, refuse_foreign
-from psft_lightning.rl import GRPOSettings, run_grpo
 from psft_lightning.study import progress
 from psft_lightning.study.budgets import Budget, eval_config
 from psft_lightning.study.curves import entropy_curves
 from psft_lightning.study.frontier import frontier_points
-from psft_lightning.study.objectives import objective_configs, study_objectives
+from psft_lightning.study.objectives import objective_configs
 from psft_lightning.study.selection import Scoring, SelectCheckpoint, Task, sampled
 from psft_lightning.study.timing import time_split
 
@@ -226,96 +223,3 @@ def run(plan: RunPlan, budget: Budget, task: Task, root: Path) -> dict:
     gc.collect()  # the run's models are in reference cycles: free them before the next run loads its own
     progress.write_json(out / f"{name}.json", record)  # last: the run is finished
     return record
-
-
-def follow_up(
-    objective: str, start: dict, budget: Budget, task: Task, model: str, runs_dir: Path, root: Path
-) -> dict:
-    """Claim 4: GRPO (TRL's GRPOTrainer, exact-match reward on the training prompts) from ``start``'s
-    exported selected checkpoint, then the evaluation every run gets (dev, test, OOD; drift still
-    against the base model's own answers). Kept when ``rl_<objective>.json`` exists (``progress``)."""
-    done = runs_dir / f"rl_{objective}.json"
-    if (kept := progress.finished(done)) is not None:
-        log.info("GRPO from %s: kept, finished by an earlier run of this study", kept["from"])
-        return kept
-    rl = GRPOSettings(
-        **{"seed": start["seed"], **budget.rl},
-        prompt_field=task.prompt_field,
-        answer_field=task.final_field,
-        completion_field=task.completion_field,
-        answer_pattern=task.answer_pattern,
-    )
-    out = runs_dir / f"rl_{objective}"
-    shutil.rmtree(out, ignore_errors=True)  # an unfinished follow-up of the study: redone
-    begin = time.perf_counter()
-    steps = run_grpo(Path(start["folder"]) / EXPORT_DIR, runs_dir / "train_epoch.jsonl", out, rl)
-    seconds = time.perf_counter() - begin
-    plan = RunPlan(objective, None, str(out / "model"), start["seed"], out, drift_model=model)
-    after = run(plan, budget, task, root)
-    name = run_name(objective, start["lr"])
-    log.info("GRPO from %s: %d steps, %.0f s", name, len(steps), seconds)
-    result = {"from": name, "steps": steps, "grpo_seconds": seconds, "after": after}
-    progress.write_json(done, result)  # last: the follow-up is finished
-    return result
-
-
-def selected(records: list[dict]) -> dict:
-    """The run whose selected checkpoint scores best on dev; ties keep the earlier run of the grid."""
-    return max(records, key=lambda r: r["selected"]["dev_accuracy"])
-
-
-def measure(
-    budget_name: str,
-    budget: Budget,
-    task: Task,
-    model: str,
-    runs_dir: Path,
-    root: Path,
-    restart: bool = False,
-) -> dict:
-    """The base model's scores, each objective's lr grid at the first seed (selected on dev), and the
-    ``rerun`` objectives at their selected lr for every later seed. Continues the study of the same
-    settings in ``runs_dir`` (``progress``); ``restart`` starts it afresh."""
-    begin, load_before = time.perf_counter(), os.getloadavg()[0]
-    refuse_foreign(runs_dir, STUDY, "--runs-dir")
-    record(runs_dir, STUDY, STUDY_ENTRIES)  # first: a kill from here on leaves only entries it covers
-    settings = progress.settings(budget_name, budget, task, model, root)
-    if progress.begin_study(runs_dir, STUDY, settings, restart):
-        log.info("continuing the study in %s: its finished runs are kept", runs_dir)
-    earlier = progress.recorded_seconds(runs_dir)
-    epoch_file(task, budget, runs_dir)
-    first, *later = budget.seeds
-    out = runs_dir / f"seed{first}"
-    base = run(RunPlan("ce", None, model, first, out), budget, task, root)
-    grid: dict[str, list[dict]] = {}
-    chosen: dict[str, list[dict]] = {}
-    configs = objective_configs(root)
-    skipped = [name for name in study_objectives() if name not in configs]
-    if skipped:
-        log.warning("no config under %s/configs selects %s: not in the study", root, ", ".join(skipped))
-    for objective in configs:
-        lrs = budget.lrs.get(objective) or (budget.lr or config_lr(objective, root),)
-        export = objective in budget.rl_from  # also without ``rl``: scripts/rl_follow_up.py starts there
-        plans = [RunPlan(objective, lr, model, first, out, export) for lr in lrs]
-        grid[objective] = [run(plan, budget, task, root) for plan in plans]
-        chosen[objective] = [selected(grid[objective])]
-    rl = {
-        objective: follow_up(objective, chosen[objective][0], budget, task, model, runs_dir, root)
-        for objective in (budget.rl_from if budget.rl else ())
-    }
-    for seed in later:
-        for objective in budget.reruns():
-            lr = chosen[objective][0]["lr"]
-            plan = RunPlan(objective, lr, model, seed, runs_dir / f"seed{seed}")
-            chosen[objective].append(run(plan, budget, task, root))
-    return {
-        "budget": budget_name,
-        "model": model,
-        "task": asdict(task),
-        "base": base,
-        "grid": grid,
-        "chosen": chosen,
-        "rl": rl,
-        "seconds": earlier + time.perf_counter() - begin,
-        "load": [load_before, os.getloadavg()[0]],
-    }

@@ -49,3 +49,18 @@ def paired_bootstrap(a: list[float], b: list[float], samples: int = 2000, seed: 
     n, rng = len(diffs), random.Random(seed)
     means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(samples))
     return Paired(sum(diffs) / n, means[int(0.025 * samples)], means[math.ceil(0.975 * samples) - 1], n)
+
+
+def window_change(values: list[float], window: int, samples: int = 2000, seed: int = 0) -> Paired:
+    """Mean of the last ``window`` values minus the mean of the first ``window`` (a training curve's
+    change over a run, e.g. GRPO's reward per step), with a 95% interval from resampling each window's
+    values independently (unpaired: the steps differ). ``n`` is the window."""
+    if not 1 <= window <= len(values) // 2:
+        raise ValueError(f"a window of {window} needs {2 * max(window, 1)} values or more, got {len(values)}")
+    first, last, rng = values[:window], values[-window:], random.Random(seed)
+    changes = sorted(
+        sum(rng.choices(last, k=window)) / window - sum(rng.choices(first, k=window)) / window
+        for _ in range(samples)
+    )
+    change = sum(last) / window - sum(first) / window
+    return Paired(change, changes[int(0.025 * samples)], changes[math.ceil(0.975 * samples) - 1], window)

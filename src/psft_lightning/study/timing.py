@@ -4,6 +4,7 @@ answers, the entropy probe, each OOD set), and the page's table of it."""
 from __future__ import annotations
 
 from psft_lightning.study.budgets import LABELS
+from psft_lightning.study.rl_page import follow_ups, rl_label
 
 EVALUATION = ("dev", "test", "probe", "mc", "drift", "if")  # the evaluation parts of a run's time
 SUITE = {"probe": "entropy", "mc": "mc", "drift": "drift", "if": "if"}  # EvalSuite's name of each part
@@ -35,12 +36,12 @@ def timed_runs(record: dict) -> list[tuple[str, dict]]:
         (f"PSFT refresh {r['interval']}", r) for r in record.get("refresh", []) if r["folder"] not in own
     ]
     timed = [(label, dict(r["time"])) for label, r in rows if "time" in r]
-    for name, rl in (record.get("rl") or {}).items():
+    for name, rl in follow_ups(record):
         if "time" in rl["after"]:
             split = dict(rl["after"]["time"])
             split["train"] += rl["grpo_seconds"]
             split["wall"] += rl["grpo_seconds"]
-            timed.append((f"{LABELS[name]} -> GRPO", split))
+            timed.append((rl_label(name, rl), split))
     return timed
 
 
