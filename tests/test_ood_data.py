@@ -12,7 +12,8 @@ import pytest
 from scripts_module import load_script
 
 from psft_lightning.evaluation.constraints import CHECKS
-from psft_lightning.study.budgets import BUDGETS, OOD_ROWS, ood_cost
+from psft_lightning.study.budgets import BUDGETS
+from psft_lightning.study.rates import OOD_ROWS, ood_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "ood"

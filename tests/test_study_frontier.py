@@ -7,8 +7,9 @@ import dataclasses
 
 import pytest
 
-from psft_lightning.study.budgets import BUDGETS, SECONDS_PER_DRIFT_ROW, SECONDS_PER_MC_ITEM
+from psft_lightning.study.budgets import BUDGETS
 from psft_lightning.study.frontier import at, envelope, frontier_points, grid, matched, overlap, score
+from psft_lightning.study.rates import SECONDS_PER_DRIFT_ROW, SECONDS_PER_MC_ITEM
 from psft_lightning.study.verdicts import forgetting
 
 
