@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from psft_lightning.study.budgets import BUDGETS
-from psft_lightning.study.machine import gemm_gflops, machine
-from psft_lightning.study.page import machine_line, wall_time
+from psft_lightning.study.machine import gemm_gflops, machine, machine_line
+from psft_lightning.study.timing import wall_time
 
 
 def test_the_gemm_rate_is_measured_per_dtype_and_the_page_states_it():

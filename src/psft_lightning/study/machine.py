@@ -47,3 +47,19 @@ def machine() -> dict:
         "gpu": torch.cuda.is_available(),
         "gemm_gflops": gemm_gflops(),
     }
+
+
+def machine_line(record: dict) -> str:
+    """The machine as the record states it (measured when the study began), else this one's."""
+    host = record.get("machine") or {
+        "cpu": platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.is_available(),
+    }
+    gpu = "CUDA" if host["gpu"] else "no GPU"
+    line = f"{host['cpu']}, {host['cores']} CPU cores, torch {host['torch']}, {gpu}"
+    if "gemm_gflops" in host:
+        rates = host["gemm_gflops"]
+        line += f"; matmul peak {rates['bf16']:.0f} GFLOP/s bf16, {rates['fp32']:.0f} fp32 (at the start)"
+    return line

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import platform
 import statistics
 from pathlib import Path
-
-import torch
 
 from psft_lightning.callbacks.clipped_tokens import markdown_table
 from psft_lightning.study import paper
@@ -16,10 +12,11 @@ from psft_lightning.study.budgets import BUDGETS, LABELS, PAPER, Budget
 from psft_lightning.study.curves import boundaries
 from psft_lightning.study.frontier import Matched, compare
 from psft_lightning.study.frontier_page import frontier_section
+from psft_lightning.study.machine import machine_line
 from psft_lightning.study.refresh import refresh_rows
-from psft_lightning.study.rl_page import follow_ups, rl_section
+from psft_lightning.study.rl_page import rl_section
 from psft_lightning.study.task_page import calibration_section
-from psft_lightning.study.timing import time_rows
+from psft_lightning.study.timing import minutes, time_rows, wall_time
 from psft_lightning.study.verdicts import METRICS, mcnemar, paired, per_seed, spread, verdicts
 
 
@@ -27,10 +24,6 @@ def shown(path: Path, root: Path) -> str:
     """A path as the reader would type it: relative to the study's root (the repository) when inside it."""
     path, root = Path(path).resolve(), Path(root).resolve()
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
-
-def minutes(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 60:.0f} min"
 
 
 def method_rows(record: dict, k: int) -> list[str]:
@@ -57,17 +50,19 @@ def method_rows(record: dict, k: int) -> list[str]:
 
 
 def paired_rows(record: dict, k: int) -> list[str]:
-    """Every objective against SFT on the same test questions (first seed)."""
+    """The base model and every objective against SFT on the same test questions (first seed): the
+    base model's row is what SFT learned, turned round."""
     lines = [
         f"| model | test acc - SFT [95% CI] | right only for SFT / only for it | McNemar p "
         f"| avg@{k} - SFT [95% CI] |",
         "|---|---|---|---|---|",
     ]
-    for name in record["chosen"]:
+    chosen = {"base": [record["base"]], **record["chosen"]}
+    for name in chosen:
         if name == "ce":
             continue
-        only_ce, only_it, p = mcnemar(record["chosen"], name)
-        greedy, sampled = (paired(record["chosen"], name, key) for key in ("test_greedy", "test_avg_k"))
+        only_ce, only_it, p = mcnemar(chosen, name)
+        greedy, sampled = (paired(chosen, name, key) for key in ("test_greedy", "test_avg_k"))
         lines.append(f"| {LABELS[name]} | {greedy} | {only_ce} / {only_it} | {p:.3f} | {sampled} |")
     return lines
 
@@ -88,34 +83,6 @@ def grid_rows(record: dict) -> list[str]:
                 f"{r['wall_seconds']:.0f} |"
             )
     return lines
-
-
-def machine_line(record: dict) -> str:
-    """The machine as the record states it (measured when the study began), else this one's."""
-    host = record.get("machine") or {
-        "cpu": platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.is_available(),
-    }
-    gpu = "CUDA" if host["gpu"] else "no GPU"
-    line = f"{host['cpu']}, {host['cores']} CPU cores, torch {host['torch']}, {gpu}"
-    if "gemm_gflops" in host:
-        rates = host["gemm_gflops"]
-        line += f"; matmul peak {rates['bf16']:.0f} GFLOP/s bf16, {rates['fp32']:.0f} fp32 (at the start)"
-    return line
-
-
-def wall_time(record: dict, budget: Budget) -> str:
-    """The study's wall time against its estimate, the RL follow-up's apart (``--rl`` adds it later)."""
-    rl = sum(run["grpo_seconds"] + run["after"]["wall_seconds"] for _, run in follow_ups(record))
-    study = record["seconds"] - rl
-    estimate = minutes(dataclasses.replace(budget, rl={}).estimate())
-    text = (
-        f"Wall time of the study {study / 60:.1f} min (estimate for `{record['budget']}`: {estimate}; "
-        f"{budget.expected})"
-    )
-    return text + (f", then the RL follow-up {rl / 60:.1f} min" if rl else "")
 
 
 def budget_rows() -> list[str]:
@@ -298,7 +265,7 @@ def write_results(
         "The estimate is `Budget.estimate()`: (trained runs + 1) x (training tokens x "
         "SECONDS_PER_TRAIN_TOKEN x the objective's TRAIN_COST + generated answers x SECONDS_PER_ANSWER + "
         "SECONDS_PER_RUN + the OOD sets beyond `smoke`'s sizes at per-item rates), with the rates "
-        "measured on this project's 2-core machine (src/psft_lightning/study/budgets.py).",
+        "measured on this project's 2-core machine (src/psft_lightning/study/rates.py).",
         "",
         "## The paper's own numbers",
         "",

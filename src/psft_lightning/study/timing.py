@@ -3,7 +3,9 @@ answers, the entropy probe, each OOD set), and the page's table of it."""
 
 from __future__ import annotations
 
-from psft_lightning.study.budgets import LABELS
+import dataclasses
+
+from psft_lightning.study.budgets import LABELS, Budget
 from psft_lightning.study.rl_page import follow_ups, rl_label
 
 EVALUATION = ("dev", "test", "probe", "mc", "drift", "if")  # the evaluation parts of a run's time
@@ -58,3 +60,19 @@ def time_rows(record: dict) -> list[str]:
         share = evaluated(split) / split["wall"] if split["wall"] else 0.0
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {share:.0%} |")
     return lines
+
+
+def minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.0f} min"
+
+
+def wall_time(record: dict, budget: Budget) -> str:
+    """The study's wall time against its estimate, the RL follow-up's apart (``--rl`` adds it later)."""
+    rl = sum(run["grpo_seconds"] + run["after"]["wall_seconds"] for _, run in follow_ups(record))
+    study = record["seconds"] - rl
+    estimate = minutes(dataclasses.replace(budget, rl={}).estimate())
+    text = (
+        f"Wall time of the study {study / 60:.1f} min (estimate for `{record['budget']}`: {estimate}; "
+        f"{budget.expected})"
+    )
+    return text + (f", then the RL follow-up {rl / 60:.1f} min" if rl else "")
