@@ -206,11 +206,13 @@ def test_a_finished_study_continues_with_grpo_at_more_seeds_without_training_aga
     seed0, runs_dir = out / "runs" / "seed0", out / "runs"
     trained = {path.name: snapshot(path) for path in seed0.glob("*.json")}
     first = {name: snapshot(runs_dir / f"rl_{name}.json") for name in ("ce", "psft")}
+    began = snapshot(runs_dir / "machine.json")  # measured when the study began, not again
     more = subprocess.run([str(PSFT), *args, "--rl", "0", "1"], capture_output=True, text=True, timeout=900)
     assert more.returncode == 0, more.stderr[-3000:]
     assert {path.name: snapshot(path) for path in seed0.glob("*.json")} == trained  # nothing re-trained
     assert {name: snapshot(runs_dir / f"rl_{name}.json") for name in ("ce", "psft")} == first
     record = json.loads((runs_dir / "results.json").read_text(encoding="utf-8"))
+    assert snapshot(runs_dir / "machine.json") == began and record["machine"] == json.loads(began[0])
     for name in ("ce", "psft"):
         (later,) = record["rl_seeds"][name]
         assert later["seed"] == 1 and later["settings"] == {"seed": 1, **BUDGETS["test"].rl}

@@ -38,28 +38,30 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     return rates
 
 
-def machine() -> dict:
-    """What the page states about the machine, measured now."""
+MACHINE_FILE = "machine.json"  # in the runs folder: the machine as the study found it when it began
+
+
+def host() -> dict:
+    """This machine's CPU, cores, torch and whether it has a GPU."""
     return {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "gpu": torch.cuda.is_available(),
-        "gemm_gflops": gemm_gflops(),
     }
+
+
+def machine() -> dict:
+    """What the page states about the machine, with the matmul rate measured now."""
+    return {**host(), "gemm_gflops": gemm_gflops()}
 
 
 def machine_line(record: dict) -> str:
     """The machine as the record states it (measured when the study began), else this one's."""
-    host = record.get("machine") or {
-        "cpu": platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.is_available(),
-    }
-    gpu = "CUDA" if host["gpu"] else "no GPU"
-    line = f"{host['cpu']}, {host['cores']} CPU cores, torch {host['torch']}, {gpu}"
-    if "gemm_gflops" in host:
-        rates = host["gemm_gflops"]
+    stated = record.get("machine") or host()
+    gpu = "CUDA" if stated["gpu"] else "no GPU"
+    line = f"{stated['cpu']}, {stated['cores']} CPU cores, torch {stated['torch']}, {gpu}"
+    if "gemm_gflops" in stated:
+        rates = stated["gemm_gflops"]
         line += f"; matmul peak {rates['bf16']:.0f} GFLOP/s bf16, {rates['fp32']:.0f} fp32 (at the start)"
     return line

@@ -13,7 +13,7 @@ from psft_lightning.owned import record, refuse_foreign
 from psft_lightning.study import progress
 from psft_lightning.study.budgets import Budget
 from psft_lightning.study.follow_up import follow_up
-from psft_lightning.study.machine import machine
+from psft_lightning.study.machine import MACHINE_FILE, machine
 from psft_lightning.study.objectives import objective_configs, study_objectives
 from psft_lightning.study.runs import STUDY, STUDY_ENTRIES, RunPlan, config_lr, epoch_file, run
 from psft_lightning.study.selection import Task
@@ -40,12 +40,16 @@ def measure(
     ``rerun`` objectives at their selected lr for every later seed; with ``budget.rl``, GRPO from the
     selected SFT and PSFT checkpoints at each of ``rl_seeds`` (default: the first seed). Continues the
     study of the same settings in ``runs_dir`` (``progress``); ``restart`` starts it afresh."""
-    begin, load_before, host = time.perf_counter(), os.getloadavg()[0], machine()
+    begin, load_before = time.perf_counter(), os.getloadavg()[0]
     refuse_foreign(runs_dir, STUDY, "--runs-dir")
     record(runs_dir, STUDY, STUDY_ENTRIES)  # first: a kill from here on leaves only entries it covers
     settings = progress.settings(budget_name, budget, task, model, root)
     if progress.begin_study(runs_dir, STUDY, settings, restart):
         log.info("continuing the study in %s: its finished runs are kept", runs_dir)
+    host = progress.finished(runs_dir / MACHINE_FILE)  # measured when the study began, not now
+    if host is None:
+        host = machine()
+        progress.write_json(runs_dir / MACHINE_FILE, host)
     earlier = progress.recorded_seconds(runs_dir)
     epoch_file(task, budget, runs_dir)
     first, *later = budget.seeds

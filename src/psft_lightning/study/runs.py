@@ -41,6 +41,7 @@ STUDY_ENTRIES = (
     "results.md",
     "results",
     "study.json",
+    "machine.json",
     ".*.partial",  # a record being written (``progress.write_json``)
 )
 EXPORT_DIR = "model"  # the selected weights of a run the RL follow-up starts from, under its folder
