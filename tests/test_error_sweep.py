@@ -130,6 +130,7 @@ SITES = {
     "psft_lightning.objectives.eaft:EAFT.__init__": "eaft",
     "psft_lightning.objectives.gift:GIFT.__init__": "gift",
     "psft_lightning.owned:refuse_foreign": "export",
+    "psft_lightning.study.follow_up:follow_up": "study",
     "psft_lightning.study.plots:find_runs": "plot",
     "psft_lightning.study.reproduce:outputs": "study",
     "psft_lightning.study.reproduce:prepare_plots": "study",
