@@ -10,7 +10,7 @@ import pytest
 from psft_lightning.study.budgets import BUDGETS
 from psft_lightning.study.frontier import at, envelope, frontier_points, grid, matched, overlap, score
 from psft_lightning.study.rates import SECONDS_PER_DRIFT_ROW, SECONDS_PER_MC_ITEM
-from psft_lightning.study.verdicts import forgetting
+from psft_lightning.study.verdicts import between, forgetting
 
 
 def test_the_envelope_keeps_the_points_no_other_beats_and_interpolates_between_them():
@@ -121,3 +121,19 @@ def test_the_frontier_cost_is_in_the_estimate():
     per_epoch = 64 * SECONDS_PER_DRIFT_ROW + standard.eval["num_mc"] * SECONDS_PER_MC_ITEM
     without = dataclasses.replace(standard, frontier_ood=())
     assert standard.estimate() - without.estimate() == pytest.approx(runs * (standard.epochs - 1) * per_epoch)
+
+
+def test_claim_4_compares_only_the_in_between_objectives_the_study_ran():
+    def chosen_run(entropy: float, drift: float) -> dict:
+        return {"seed": 0, "metrics": {"eval/entropy": entropy, "ood/drift_nll": drift}}
+
+    chosen = {"ce": [chosen_run(0.1, 1.2)], "psft": [chosen_run(0.5, 1.0)]}
+    assert between(chosen)[1:] == (
+        "cannot decide",
+        "neither SFT-KL nor PSFT (warm-up) was among this study's objectives",
+    )
+    chosen["kl"] = [chosen_run(0.3, 1.1)]  # inside [0.1, 0.5] and [1.0, 1.2]
+    claim, verdict, evidence = between(chosen)
+    assert verdict == "yes" and evidence.count(" in [SFT, PSFT]") == 2 and "warm-up" not in evidence
+    chosen["psft_warmup"] = [chosen_run(0.6, 1.1)]  # entropy above PSFT's
+    assert between(chosen)[1] == "no"

@@ -91,25 +91,32 @@ def verdicts(record: dict, compared: dict[str, Matched | None] | None = None) ->
         )
     )
     claims.append(forgetting(chosen, compared if compared is not None else compare(record)))
-    between = []
-    for name in ("kl", "psft_warmup"):
-        for key in ("eval/entropy", "ood/drift_nll"):
-            lo, hi = sorted(statistics.fmean(per_seed(chosen[n], key)) for n in ("ce", "psft"))
-            value = statistics.fmean(per_seed(chosen[name], key))
-            between.append((name, key, lo <= value <= hi, value))
-    claims.append(
-        (
-            "(4) SFT-KL and PSFT (warm-up) sit between SFT and PSFT",
-            "yes" if all(ok for *_, ok, _ in between) else "no",
-            "; ".join(
-                f"{LABELS[n]} {METRICS[k]} {v:.3f} {'in' if ok else 'outside'} [SFT, PSFT]"
-                for n, k, ok, v in between
-            ),
-        )
-    )
+    claims.append(between(chosen))
     if {"ce", "psft"} <= set(record.get("rl") or {}):
         claims.append(rl_claim(record["rl"]))
     return claims
+
+
+def between(chosen: dict[str, list[dict]]) -> tuple[str, str, str]:
+    """(4), on the entropy and drift of each in-between objective the study ran."""
+    claim = "(4) SFT-KL and PSFT (warm-up) sit between SFT and PSFT"
+    names = [name for name in ("kl", "psft_warmup") if name in chosen]
+    if not names:
+        return claim, UNDECIDED, "neither SFT-KL nor PSFT (warm-up) was among this study's objectives"
+    found = []
+    for name in names:
+        for key in ("eval/entropy", "ood/drift_nll"):
+            lo, hi = sorted(statistics.fmean(per_seed(chosen[n], key)) for n in ("ce", "psft"))
+            value = statistics.fmean(per_seed(chosen[name], key))
+            found.append((name, key, lo <= value <= hi, value))
+    return (
+        claim,
+        "yes" if all(ok for *_, ok, _ in found) else "no",
+        "; ".join(
+            f"{LABELS[n]} {METRICS[k]} {v:.3f} {'in' if ok else 'outside'} [SFT, PSFT]"
+            for n, k, ok, v in found
+        ),
+    )
 
 
 def forgetting(chosen: dict[str, list[dict]], compared: dict[str, Matched | None]) -> tuple[str, str, str]:
