@@ -11,6 +11,7 @@ from psft_lightning.ops import (
     TokenStats,
     chunked_logprobs,
     chunked_token_stats,
+    lm_head,
     naive_logprobs,
     naive_token_stats,
 )
@@ -190,6 +191,26 @@ def test_bf16_autocast_multiplies_in_bf16_and_normalises_in_fp32():
         alone = chunked_logprobs(hidden, weight, targets, chunk_size=4)
     assert stats.logprobs.dtype == alone.dtype == torch.float32
     assert close(stats.logprobs, expected, 1e-5) and torch.equal(alone, stats.logprobs)
+
+
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_kept_reference_logits_give_the_recomputed_gradients_bit_for_bit(direction, bf16, monkeypatch):
+    """The reference's logits kept from forward (all, the first of 4 chunks, none) change no bit."""
+    hidden, weight, targets, ref_hidden, ref_weight, a, b = make_problem()
+    chunk = 3  # chunks of 3, 3, 3 and 1 tokens
+    element = 2 if bf16 else 4
+    grads = {}
+    for budget in (2**28, chunk * V * element, 0):
+        monkeypatch.setattr(lm_head, "REF_LOGITS_BYTES", budget)
+        h, w = leaf(hidden), leaf(weight)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            s = chunked_token_stats(h, w, targets, ref_hidden, ref_weight, chunk, direction)
+            ((s.logprobs * a).sum() + (s.ref_kl * b).sum()).backward()
+        grads[budget] = (s.ref_kl.detach(), h.grad, w.grad)
+    first, *others = grads.values()
+    for other in others:
+        assert all(torch.equal(x, y) for x, y in zip(first, other, strict=True))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, None])

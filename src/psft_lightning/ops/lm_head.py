@@ -2,8 +2,9 @@
 
 Only loss positions are passed in (the caller drops -100 positions before the head), and the
 ``[tokens, vocab]`` logits exist one chunk at a time, in fp32, in forward and again in backward
-(recomputation instead of storage). The naive version is kept as the reference for tests and
-benchmarks, and as the fallback for heads this kernel does not cover (bias, logit soft-capping).
+(recomputation instead of storage; only a KL reference's logits are kept, up to a fixed size). The
+naive version is kept as the reference for tests and benchmarks, and as the fallback for heads this
+kernel does not cover (bias, logit soft-capping).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from torch import Tensor
 
 KLDirection = Literal["reverse", "forward"]
 CHUNK_ELEMENTS = 2**25  # one [chunk, vocab] fp32 buffer of about 128 MiB
+# the reference's logits (in the matmul's dtype) kept from forward up to this size, so backward need not
+# recompute them: one head matmul of the KL step saved for short batches, memory bounded for long ones
+REF_LOGITS_BYTES = 2**28
 
 
 def auto_chunk_size(vocab_size: int) -> int:
@@ -65,8 +69,9 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 
 
 class _ChunkedHeadStats(torch.autograd.Function):
-    """Forward keeps only per-token values and the log-sum-exps; backward recomputes each chunk's
-    logits once and turns them into the logit gradient in place (about two [chunk, V] buffers)."""
+    """Forward keeps only per-token values and the log-sum-exps (and the reference's logits up to
+    ``REF_LOGITS_BYTES``); backward recomputes each chunk's logits once and turns them into the logit
+    gradient in place (about two [chunk, V] buffers)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, ref_hidden, ref_weight, chunk_size, forward_kl):
@@ -80,6 +85,8 @@ class _ChunkedHeadStats(torch.autograd.Function):
         ref_kl, ref_lse = torch.zeros_like(logprobs), torch.zeros_like(logprobs)
         w = weight.to(dtype)  # cast once, not per chunk
         ref_w = ref_weight.to(dtype) if with_ref else None
+        ref_logits: list[Tensor] = []  # the reference's first chunks of logits, kept for backward
+        kept_bytes = 0
         with torch.autocast(hidden.device.type, enabled=False):
             for sl in _chunks(n, chunk_size):
                 logp = _chunk_logits(hidden[sl], w, dtype)
@@ -90,7 +97,14 @@ class _ChunkedHeadStats(torch.autograd.Function):
                 p = logp.exp()
                 entropy[sl] = -_rowdot(p, logp)
                 if with_ref:
-                    logq = _chunk_logits(ref_hidden[sl], ref_w, dtype)
+                    raw = ref_hidden[sl].to(dtype) @ ref_w.t()  # what _chunk_logits upcasts
+                    keep = kept_bytes + raw.numel() * raw.element_size() <= REF_LOGITS_BYTES
+                    logq = raw.to(
+                        acc_dtype, copy=keep
+                    )  # a copy: ``raw`` stays as backward would recompute it
+                    if keep:
+                        kept_bytes += raw.numel() * raw.element_size()
+                        ref_logits.append(raw)
                     ref_lse[sl] = torch.logsumexp(logq, dim=-1)
                     if forward_kl:  # KL(q || p) = sum q (log q - log p)
                         logq.sub_(ref_lse[sl, None])
@@ -99,6 +113,7 @@ class _ChunkedHeadStats(torch.autograd.Function):
                         ref_kl[sl] = _rowdot(p, logq.sub_(ref_lse[sl, None]).neg_().add_(logp))
         ctx.save_for_backward(hidden, weight, targets, ref_hidden, ref_weight, ref_kl, lse, ref_lse)
         ctx.chunk_size = chunk_size
+        ctx.ref_logits = ref_logits
         ctx.dtype = dtype
         ctx.with_ref = with_ref
         ctx.forward_kl = forward_kl
@@ -112,19 +127,30 @@ class _ChunkedHeadStats(torch.autograd.Function):
         acc_dtype = torch.promote_types(dtype, torch.float32)
         grad_hidden, grad_weight, w = grad_buffers(ctx, hidden, weight)
         use_kl = ctx.with_ref and grad_ref_kl is not None
-        ref_w = ref_weight.to(dtype) if use_kl else None
+        chunks = list(_chunks(hidden.shape[0], ctx.chunk_size))
+        kept = ctx.ref_logits if use_kl else []
+        ref_w = ref_weight.to(dtype) if use_kl and len(kept) < len(chunks) else None
         with torch.autocast(hidden.device.type, enabled=False):
-            for sl in _chunks(hidden.shape[0], ctx.chunk_size):
+            for i, sl in enumerate(chunks):
                 logp = _chunk_logits(hidden[sl], w, dtype).sub_(lse[sl, None])
+                if use_kl:
+                    logq = kept[i].to(acc_dtype, copy=True) if i < len(kept) else None
+                    if logq is None:
+                        logq = _chunk_logits(ref_hidden[sl], ref_w, dtype)
+                    logq.sub_(ref_lse[sl, None])
                 if use_kl and ctx.forward_kl:
                     # d KL(q || p) / d z = p - q
-                    grad_z = _chunk_logits(ref_hidden[sl], ref_w, dtype).sub_(ref_lse[sl, None]).exp_().neg_()
+                    grad_z = logq.exp_().neg_()
                     p = logp.exp_()
                     grad_z.add_(p).mul_(grad_ref_kl[sl, None].to(acc_dtype))
                 elif use_kl:
                     # d KL / d z = p * (logp - logq - KL)
-                    grad_z = _chunk_logits(ref_hidden[sl], ref_w, dtype).sub_(ref_lse[sl, None])
-                    grad_z.neg_().add_(logp).sub_(ref_kl[sl, None]).mul_(grad_ref_kl[sl, None].to(acc_dtype))
+                    grad_z = (
+                        logq.neg_()
+                        .add_(logp)
+                        .sub_(ref_kl[sl, None])
+                        .mul_(grad_ref_kl[sl, None].to(acc_dtype))
+                    )
                     p = logp.exp_()
                     grad_z.mul_(p)
                 else:
