@@ -16,6 +16,7 @@ from psft_lightning.cli import main
 from psft_lightning.errors import ConfigError, DataError
 from psft_lightning.export import export_checkpoint
 from psft_lightning.rl import GRPOSettings, exact_match_reward, gold_answer, load_prompts, run_grpo
+from psft_lightning.rl.reward import prompt_passes
 
 ROW = {"question": "Mia has 12 apples and buys 7. How many?", "answer": "12 + 7 = 19.\nThe answer is 19."}
 
@@ -32,6 +33,22 @@ def test_reward_scores_correct_incorrect_and_malformed_completions_exactly():
     assert reward(completions, answer=["19"] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
     chat = [[{"role": "assistant", "content": "The answer is 19."}], [{"role": "assistant", "content": "19"}]]
     assert reward(chat, answer=["19", "19"], prompts=["p", "p"]) == [1.0, 0.0]
+
+
+def test_each_prompts_rewards_are_split_into_its_passes():
+    scored: list[tuple[int, float]] = []
+    reward = exact_match_reward(GRPOSettings().answer_pattern, scored)
+    right, wrong = "The answer is 19.", "The answer is 18."
+    # two calls, as TRL makes them: prompts 0 and 1 with 2 samples each, then prompt 1 and 0 again
+    reward([right, wrong, wrong, wrong], answer=["19"] * 4, prompt_index=[0, 0, 1, 1])
+    reward([right, right, right, wrong], answer=["19"] * 4, prompt_index=[1, 1, 0, 0])
+    assert scored == [(0, 1.0), (0, 0.0), (1, 0.0), (1, 0.0), (1, 1.0), (1, 1.0), (0, 1.0), (0, 0.0)]
+    assert prompt_passes(scored, group=2) == [
+        {"prompt": 0, "pass": 1, "rewards": [1.0, 0.0]},
+        {"prompt": 0, "pass": 2, "rewards": [1.0, 0.0]},
+        {"prompt": 1, "pass": 1, "rewards": [0.0, 0.0]},
+        {"prompt": 1, "pass": 2, "rewards": [1.0, 1.0]},
+    ]
 
 
 def test_gold_answer_reads_a_worked_solution_a_number_or_a_gsm8k_solution():
@@ -72,6 +89,7 @@ def test_an_unreadable_train_file_is_a_data_error(tmp_path):
     "bad, message",
     [
         ({"num_generations": 1}, "num_generations must be >= 2, got 1"),
+        ({"prompts": -1}, "prompts must be >= 0"),
         ({"steps": 0}, "steps must be >= 1, got 0"),
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"answer_pattern": r"The answer is \d+"}, "exactly one capture group"),
@@ -114,7 +132,13 @@ def test_psft_grpo_trains_an_exported_model_and_logs_every_step(tmp_path, arithm
     out = tmp_path / "grpo"
     flags = "--steps 3 --num-generations 2 --batch-size 2 --max-new-tokens 6 --prompt-field question"
     paths = ["--model", str(exported), "--train-file", arithmetic_files[0], "--out", str(out)]
-    main(["grpo", *paths, *flags.split()])
+    main(["grpo", *paths, *flags.split(), "--prompts", "2"])
+
+    # 3 steps of the same 2 prompts: 3 passes over each, 2 samples each time
+    passes = [json.loads(line) for line in (out / "grpo_prompt_rewards.jsonl").read_text().splitlines()]
+    assert [(row["prompt"], row["pass"], row["rewards"]) for row in passes] == [
+        (prompt, k, [0.0, 0.0]) for prompt in (0, 1) for k in (1, 2, 3)
+    ]
 
     rows = [json.loads(line) for line in (out / "grpo_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3]
@@ -128,3 +152,13 @@ def test_psft_grpo_trains_an_exported_model_and_logs_every_step(tmp_path, arithm
     assert AutoTokenizer.from_pretrained(out / "model").eos_token == "<|im_end|>"
     # zero reward everywhere is zero advantage: GRPO leaves the weights as they were
     assert (logits(model) - logits(AutoModelForCausalLM.from_pretrained(exported))).abs().max() < 1e-6
+
+
+def test_psft_grpo_trains_in_bf16_on_a_cpu(tmp_path, arithmetic_files):
+    """transformers refuses ``bf16`` on a CPU unless told the run is on the CPU: ``--bf16`` must work."""
+    exported = export_checkpoint(untrained_checkpoint(tmp_path / "tiny.ckpt"), tmp_path / "export")
+    flags = "--steps 1 --num-generations 2 --batch-size 2 --max-new-tokens 4 --prompt-field question --bf16"
+    paths = ["--model", str(exported), "--train-file", arithmetic_files[0], "--out", str(tmp_path / "grpo")]
+    main(["grpo", *paths, *flags.split()])
+    rows = (tmp_path / "grpo" / "grpo_log.jsonl").read_text().splitlines()
+    assert [json.loads(row)["step"] for row in rows] == [1]

@@ -136,12 +136,22 @@ def test_the_rl_follow_up_starts_from_the_selected_checkpoints_and_is_evaluated(
         assert (Path(start["folder"]) / "model" / "config.json").is_file()  # the exported selected weights
         assert [row["step"] for row in rl["steps"]] == [1, 2]
         assert all(math.isfinite(row["reward"]) and row["entropy"] > 0 for row in rl["steps"])
+        # 2 steps of 2 prompts over the first 2: each prompt scored twice, 2 samples each time
+        assert [(row["prompt"], row["pass"]) for row in rl["prompt_rewards"]] == [
+            (0, 1),
+            (0, 2),
+            (1, 1),
+            (1, 2),
+        ]
+        assert all(len(row["rewards"]) == 2 for row in rl["prompt_rewards"])
         after = rl["after"]
         assert after["lr"] is None and len(after["test_greedy"]) == len(start["test_greedy"])
         assert set(after["metrics"]) >= {"ood/mc_acc", "ood/drift_nll", "ood/if_strict", "eval/entropy"}
     # drift after RL is measured against the base model's answers, not the RL model's own
     assert sorted(p.name for p in (out / "runs").glob("drift_reference*")) == ["drift_reference.tiny.jsonl"]
     assert "## Claim 4: the RL follow-up" in page and "| PSFT -> GRPO (seed 0) from psft_lr" in page
+    assert page.count("(2 prompts, last pass - first) |") == 2
+    assert "over the first 2 training prompts (2 passes)" in page
     assert "After GRPO, PSFT's start minus SFT's on the same test questions" in page
     for name in ("rl_reward", "rl_entropy"):
         assert (out / "results" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

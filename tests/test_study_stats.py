@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from psft_lightning.study.stats import mcnemar_exact, paired_bootstrap, window_change
+from psft_lightning.study.stats import mcnemar_exact, paired_bootstrap, pass_change, window_change
 
 
 def test_mcnemar_exact_counts_discordant_questions_and_doubles_the_binomial_tail():
@@ -40,3 +40,18 @@ def test_window_change_is_the_last_window_minus_the_first_with_a_resampled_inter
     assert (flat.diff, flat.low, flat.high) == (0.5, 0.5, 0.5) and flat.decided()
     with pytest.raises(ValueError, match="a window of 3 needs 6 values or more, got 5"):
         window_change([0.0] * 5, 3)
+
+
+def test_pass_change_pairs_each_prompt_last_pass_with_its_first():
+    rows = [
+        {"prompt": 0, "pass": 1, "rewards": [0.0, 1.0]},  # 0.5 -> 1.0
+        {"prompt": 0, "pass": 2, "rewards": [1.0, 1.0]},
+        {"prompt": 1, "pass": 1, "rewards": [0.0, 0.0]},  # 0.0 -> 0.5 (pass 3 is its last)
+        {"prompt": 1, "pass": 2, "rewards": [1.0, 1.0]},
+        {"prompt": 1, "pass": 3, "rewards": [1.0, 0.0]},
+        {"prompt": 2, "pass": 1, "rewards": [1.0, 1.0]},  # seen once: not paired
+    ]
+    change = pass_change(rows)
+    assert change.n == 2 and change.diff == pytest.approx(0.5)
+    assert change.low == pytest.approx(0.5) and change.high == pytest.approx(0.5)  # both prompts +0.5
+    assert pass_change(rows[-1:]) is None and pass_change([]) is None

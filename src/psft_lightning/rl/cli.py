@@ -28,6 +28,7 @@ GRPO_HELP = {
     "batch_size": "prompts per optimizer step",
     "beta": "weight of the KL to the initial model (0: no reference model is kept)",
     "num_generations": "samples per prompt (>= 2: the advantage is relative to the prompt's other samples)",
+    "prompts": "train on the first rows only, several passes over them (0: every row)",
 }
 DPO_HELP = {
     **HELP,
@@ -59,7 +60,8 @@ def grpo_main(args: list[str]) -> list[dict]:
 
     description = (
         "GRPO (TRL's GRPOTrainer) with an exact-match reward on an exported model; writes OUT/model "
-        "(a Hugging Face directory) and OUT/grpo_log.jsonl (reward, entropy, length per step)."
+        "(a Hugging Face directory), OUT/grpo_log.jsonl (reward, entropy, length per step) and "
+        "OUT/grpo_prompt_rewards.jsonl (each prompt's rewards at each pass)."
     )
     return _run("psft grpo", description, GRPOSettings, GRPO_HELP, run_grpo, args)
 

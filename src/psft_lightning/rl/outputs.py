@@ -61,6 +61,16 @@ def save_run(model: nn.Module, tokenizer, out_dir: Path, rows: list[dict], log_n
         log.warning("steps %s logged a non-finite value (see %s)", bad, out_dir / log_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_model(model, tokenizer, out_dir / MODEL_DIR)
-    with open(out_dir / log_name, "w") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    write_jsonl(out_dir / log_name, rows)
     log.info("%d steps; model in %s, log in %s", len(rows), out_dir / MODEL_DIR, out_dir / log_name)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """``rows`` as JSON Lines."""
+    with open(path, "w") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows ``write_jsonl`` wrote."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

@@ -32,14 +32,34 @@ def completion_text(completion: str | list[dict]) -> str:
     return "".join(str(message.get("content", "")) for message in completion)
 
 
-def exact_match_reward(answer_pattern: str) -> Callable[..., list[float]]:
-    """A TRL reward function over the dataset's ``answer`` column."""
+def exact_match_reward(
+    answer_pattern: str, scored: list[tuple[int, float]] | None = None
+) -> Callable[..., list[float]]:
+    """A TRL reward function over the dataset's ``answer`` column. With ``scored``, each completion's
+    ``(prompt_index, reward)`` is appended to it in the order TRL scores them (``prompt_passes``)."""
     pattern = re.compile(answer_pattern)
 
-    def exact_match(completions: list, answer: list[str], **_: object) -> list[float]:
-        return [
+    def exact_match(completions: list, answer: list[str], **columns: object) -> list[float]:
+        rewards = [
             float(same_answer(response_answer(completion_text(c), pattern), gold))
             for c, gold in zip(completions, answer, strict=True)
         ]
+        if scored is not None:
+            scored.extend(zip(columns["prompt_index"], rewards, strict=True))
+        return rewards
 
     return exact_match
+
+
+def prompt_passes(scored: list[tuple[int, float]], group: int) -> list[dict]:
+    """The rewards of each prompt's every pass: TRL scores a prompt's ``group`` samples together, so
+    its k-th run of ``group`` rewards in ``scored`` is its k-th pass over the training prompts. One row
+    per prompt and pass: ``{"prompt", "pass", "rewards"}`` (passes from 1)."""
+    samples: dict[int, list[float]] = {}
+    for index, reward in scored:
+        samples.setdefault(index, []).append(reward)
+    return [
+        {"prompt": index, "pass": k // group + 1, "rewards": rewards[k : k + group]}
+        for index, rewards in sorted(samples.items())
+        for k in range(0, len(rewards), group)
+    ]

@@ -61,8 +61,12 @@ class TaskSettings:
 
     def trainer_kwargs(self, output_dir: str) -> dict:
         """The TRL config arguments both trainers take: one log row per step, no checkpoints, no hub
-        and no trackers (``report_to``), fp32 unless ``bf16`` (TRL's own default is bf16 on)."""
+        and no trackers (``report_to``), fp32 unless ``bf16`` (TRL's own default is bf16 on). Without a
+        GPU the run is told it is on the CPU (transformers refuses ``bf16`` there otherwise)."""
+        import torch
+
         return {
+            "use_cpu": not torch.cuda.is_available(),
             "output_dir": output_dir,
             "max_steps": self.steps,
             "learning_rate": self.lr,
@@ -86,12 +90,16 @@ class TaskSettings:
 class GRPOSettings(TaskSettings):
     """``batch_size`` counts prompts per optimizer step; each is sampled ``num_generations`` times, so a
     step scores ``batch_size * num_generations`` completions. ``beta`` weighs the KL to the initial
-    model (TRL's default 0: no reference model is kept)."""
+    model (TRL's default 0: no reference model is kept). ``prompts`` > 0 trains on the first rows
+    only, passing over them again as the steps go on (each prompt's reward per pass is logged)."""
 
     num_generations: int = 4
+    prompts: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.prompts < 0:
+            raise ConfigError(f"GRPO prompts must be >= 0 (0: every row), got {self.prompts}")
         if self.num_generations < 2:
             raise ConfigError(
                 f"GRPO num_generations must be >= 2, got {self.num_generations}: the advantage of a "

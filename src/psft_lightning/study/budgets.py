@@ -169,7 +169,8 @@ class Budget:
             rl = GRPOSettings(**self.rl)
             sampled = rl.steps * rl.batch_size * rl.num_generations * rl.max_new_tokens
             evaluated = fixed + test(self.scoring)
-            total += len(self.rl_from) * (sampled * SECONDS_PER_RL_TOKEN + evaluated)
+            rate = SECONDS_PER_RL_TOKEN["bf16" if rl.bf16 else "fp32"]
+            total += len(self.rl_from) * (sampled * rate + evaluated)
         return total
 
     def ood_seconds(self) -> float:
@@ -213,7 +214,7 @@ BUDGETS = {
         peer_scoring={"num_test": 4},
         precision="32-true",
         model="tiny",
-        rl={"steps": 2, "batch_size": 2, "num_generations": 2, "max_new_tokens": 4, "lr": 1e-3},
+        rl={"steps": 2, "batch_size": 2, "num_generations": 2, "max_new_tokens": 4, "lr": 1e-3, "prompts": 2},
         expected="seconds (the tiny random model: the whole pipeline, in the tests)",
     ),
     "smoke": Budget(  # 24 rows and 16 peer questions keep it under 20 minutes with the 2026 peers

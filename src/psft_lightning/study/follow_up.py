@@ -10,6 +10,8 @@ from pathlib import Path
 
 from psft_lightning.errors import ConfigError
 from psft_lightning.rl import GRPOSettings, run_grpo
+from psft_lightning.rl.grpo import PROMPTS_FILE
+from psft_lightning.rl.outputs import read_jsonl
 from psft_lightning.study import progress
 from psft_lightning.study.budgets import Budget
 from psft_lightning.study.runs import EXPORT_DIR, RunPlan, run, run_name
@@ -63,6 +65,7 @@ def follow_up(
     name = run_name(objective, start["lr"])
     log.info("GRPO from %s, seed %d: %d steps, %.0f s", name, seed, len(steps), seconds)
     result = {"from": name, "seed": seed, "settings": settings, "steps": steps, "grpo_seconds": seconds}
+    result["prompt_rewards"] = read_jsonl(out / PROMPTS_FILE)
     result["after"] = after
     progress.write_json(done, result)  # last: the follow-up is finished
     return result

@@ -46,9 +46,10 @@ def answer_seconds(batch_size: int) -> float:
 
 OOD_ROWS = {"num_mc": 208, "num_drift": 64, "num_if": 64}  # the bundled sets: what a size of 0 means
 TOKENS_PER_ROW = 70  # prompt with chat template (51) and answer with EOS (19) of a one-step row
-# GRPO (TRL, fp32): one step of 2 prompts x 4 samples x 64 new tokens used 2.5 CPU-minutes on 2 cores,
-# about 0.15 s per sampled token once generation, the policy's scoring forward and backward are counted
-SECONDS_PER_RL_TOKEN = 0.15
+# GRPO (TRL) per token of the steps' sample budget (prompts x samples x max new tokens), generation and
+# the policy's scoring forward and backward counted: on the one-step task (answers of ~18 tokens, 32
+# allowed), 4 prompts x 4 samples took 12-16 s a step in fp32 and 8-10 s in bf16-mixed on an idle host
+SECONDS_PER_RL_TOKEN = {"fp32": 0.027, "bf16": 0.018}
 
 
 def ood_cost(sizes: dict) -> float:

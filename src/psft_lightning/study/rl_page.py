@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from psft_lightning.study.budgets import LABELS, Budget
-from psft_lightning.study.stats import window_change
+from psft_lightning.study.stats import pass_change, window_change
 from psft_lightning.study.verdicts import METRICS, after_rl, mean, paired
 
 CURVES = ("rl/reward", "rl/entropy")  # per GRPO step, from the TRL log
@@ -36,14 +36,26 @@ def curves(record: dict) -> dict[str, dict[str, list[tuple[int, float]]]]:
     }
 
 
-def reward_change(steps: list[dict]) -> str:
-    """Mean reward of the last quarter of the steps minus the first quarter's, with its interval (a
-    step's reward is the mean over its samples; the first and last step alone on a short run)."""
-    rewards = [row["reward"] for row in steps]
+def reward_change(run: dict) -> str:
+    """The training reward's change with its interval: on the same prompts, last pass minus first,
+    when GRPO came back to its prompts; else the last quarter of the steps minus the first quarter
+    (a step's reward is the mean over its samples; the first and last step alone on a short run)."""
+    if (change := pass_change(run.get("prompt_rewards", []))) is not None:
+        return f"{change} ({change.n} prompts, last pass - first)"
+    rewards = [row["reward"] for row in run["steps"]]
     if len(rewards) < 2:
         return "-"
     window = max(1, len(rewards) // 4)
-    return f"{window_change(rewards, window)} ({window} steps each)"
+    return f"{window_change(rewards, window)} (steps, {window} each)"
+
+
+def pool(settings: dict) -> str:
+    """The prompts GRPO cycles over, when it is told to (``GRPOSettings.prompts``)."""
+    prompts = settings.get("prompts")
+    if not prompts:
+        return ""
+    passes = settings["steps"] * settings["batch_size"] / prompts
+    return f", over the first {prompts} training prompts ({passes:g} passes)"
 
 
 def _change(before: float, after: float) -> str:
@@ -57,17 +69,20 @@ def rl_section(record: dict, budget: Budget, plots: list[str], page: Path) -> li
         return []
     settings = record.get("rl_settings") or budget.rl
     k = budget.scoring["k"]
-    header = ["start", "test acc", f"avg@{k}", *METRICS.values(), "reward change, last - first", "GRPO (s)"]
+    header = ["start", "test acc", f"avg@{k}", *METRICS.values(), "training reward change", "GRPO (s)"]
     lines = [
         "## Claim 4: the RL follow-up (GRPO from the selected checkpoints)",
         "",
         f"TRL's `GRPOTrainer` ({settings.get('steps')} steps of {settings.get('batch_size')} training "
-        f"prompts x {settings.get('num_generations')} samples, up to {settings.get('max_new_tokens')} new "
-        f"tokens, lr {settings.get('lr', 1e-6):g}, no KL term, exact-match reward) from each selected "
-        "checkpoint of the first training seed, exported as `psft export` does, at each GRPO seed; the "
-        "result is evaluated as every run (the same test questions; drift against the base model's own "
-        "answers). Each cell: before -> after GRPO. The reward change is the mean training reward of the "
-        "last quarter of the steps minus the first quarter's, with a 95% bootstrap interval over the steps.",
+        f"prompts x {settings.get('num_generations')} samples{pool(settings)}, up to "
+        f"{settings.get('max_new_tokens')} new tokens, temperature {settings.get('temperature', 1.0):g}, "
+        f"lr {settings.get('lr', 1e-6):g}{' in bf16-mixed' if settings.get('bf16') else ''}, no KL term, "
+        "exact-match reward) from each selected checkpoint of the first training seed, exported as `psft "
+        "export` does, at each GRPO seed; the result is evaluated as every run (the same test questions; "
+        "drift against the base model's own answers). Each cell: before -> after GRPO. The training reward "
+        "change is each prompt's mean reward (over its samples) at GRPO's last pass over the prompts minus "
+        "at its first, with a 95% paired bootstrap interval over the prompts (a run that never came back "
+        "to a prompt: the last quarter of the steps minus the first, bootstrapped over the steps).",
         "",
         "| " + " | ".join(header) + " |",
         "|---" * len(header) + "|",
@@ -80,7 +95,7 @@ def rl_section(record: dict, budget: Budget, plots: list[str], page: Path) -> li
             _change(mean(start["test_greedy"]), mean(run["after"]["test_greedy"])),
             _change(mean(start["test_avg_k"]), mean(run["after"]["test_avg_k"])),
             *(_change(start["metrics"][key], run["after"]["metrics"][key]) for key in METRICS),
-            reward_change(run["steps"]),
+            reward_change(run),
             f"{run['grpo_seconds']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -64,3 +64,17 @@ def window_change(values: list[float], window: int, samples: int = 2000, seed: i
     )
     change = sum(last) / window - sum(first) / window
     return Paired(change, changes[int(0.025 * samples)], changes[math.ceil(0.975 * samples) - 1], window)
+
+
+def pass_change(rows: list[dict], samples: int = 2000, seed: int = 0) -> Paired | None:
+    """Each prompt's mean reward at its last pass minus at its first (rows of ``rl.reward.prompt_passes``),
+    paired over the prompts seen twice or more: the same prompts before and after, so the prompts'
+    difficulty cancels (it does not in a change between steps, which see different prompts). None when
+    no prompt came back."""
+    passes: dict[int, dict[int, float]] = {}
+    for row in rows:
+        passes.setdefault(row["prompt"], {})[row["pass"]] = sum(row["rewards"]) / len(row["rewards"])
+    pairs = [(seen[min(seen)], seen[max(seen)]) for seen in passes.values() if len(seen) > 1]
+    if not pairs:
+        return None
+    return paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], samples, seed)
