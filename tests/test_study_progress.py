@@ -177,7 +177,12 @@ def test_a_finished_run_is_returned_and_an_unfinished_one_is_redone(tmp_path, mo
     progress.write_json(tmp_path / "seed0" / f"{plan.name}.json", {"wall_seconds": 7.0})
     monkeypatch.setattr(runs, "run_from_config", no_model)
     assert run(plan, budget, task, ROOT) == {"wall_seconds": 7.0}
-    assert progress.recorded_seconds(tmp_path) == 7.0
+    assert progress.recorded_seconds(tmp_path, {}) == 7.0
+    # a GRPO follow-up counts while it is kept: made with the budget's GRPO settings
+    follow_up = {"settings": {"seed": 0, "lr": 1e-5}, "grpo_seconds": 2.0, "after": {"wall_seconds": 3.0}}
+    progress.write_json(tmp_path / "rl_ce.json", follow_up)
+    assert progress.recorded_seconds(tmp_path, {"lr": 1e-5}) == 12.0
+    assert progress.recorded_seconds(tmp_path, {"lr": 2e-5}) == 7.0  # to be redone: not counted
 
 
 def test_begin_continues_the_same_settings_refuses_others_and_restart_removes_only_the_studys(tmp_path):

@@ -50,7 +50,7 @@ def measure(
     if host is None:
         host = machine()
         progress.write_json(runs_dir / MACHINE_FILE, host)
-    earlier = progress.recorded_seconds(runs_dir)
+    earlier = progress.recorded_seconds(runs_dir, budget.rl)
     epoch_file(task, budget, runs_dir)
     first, *later = budget.seeds
     out = runs_dir / f"seed{first}"
