@@ -99,9 +99,8 @@ class _ChunkedHeadStats(torch.autograd.Function):
                 if with_ref:
                     raw = ref_hidden[sl].to(dtype) @ ref_w.t()  # what _chunk_logits upcasts
                     keep = kept_bytes + raw.numel() * raw.element_size() <= REF_LOGITS_BYTES
-                    logq = raw.to(
-                        acc_dtype, copy=keep
-                    )  # a copy: ``raw`` stays as backward would recompute it
+                    # a copy when kept: ``raw`` must stay what backward would recompute
+                    logq = raw.to(acc_dtype, copy=keep)
                     if keep:
                         kept_bytes += raw.numel() * raw.element_size()
                         ref_logits.append(raw)
@@ -134,8 +133,9 @@ class _ChunkedHeadStats(torch.autograd.Function):
             for i, sl in enumerate(chunks):
                 logp = _chunk_logits(hidden[sl], w, dtype).sub_(lse[sl, None])
                 if use_kl:
-                    logq = kept[i].to(acc_dtype, copy=True) if i < len(kept) else None
-                    if logq is None:
+                    if i < len(kept):
+                        logq = kept[i].to(acc_dtype, copy=True)
+                    else:
                         logq = _chunk_logits(ref_hidden[sl], ref_w, dtype)
                     logq.sub_(ref_lse[sl, None])
                 if use_kl and ctx.forward_kl:

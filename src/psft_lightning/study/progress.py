@@ -125,17 +125,23 @@ def short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def same_grpo(follow_up: dict, rl: dict) -> bool:
+    """Whether a finished GRPO follow-up was made with the GRPO settings ``rl`` (its seed aside): such
+    a follow-up is kept, one of other settings redone."""
+    return {k: v for k, v in follow_up.get("settings", {}).items() if k != "seed"} == rl
+
+
 def recorded_seconds(runs_dir: Path, rl: dict) -> float:
     """The wall time of the runs and follow-ups an earlier invocation finished (0 for a fresh start):
     the study's ``seconds`` counts them, so a continued study reports what all of it took. A GRPO
-    follow-up counts only when made with the GRPO settings ``rl`` (the budget's): one of other settings
-    is redone, and its time is replaced by the new one's."""
+    follow-up counts only when kept (``same_grpo`` as the budget's ``rl``): a redone one's time is
+    replaced by the new one's."""
     total = 0.0
     for path in [*runs_dir.glob("seed*/*.json"), *runs_dir.glob("refresh/*.json")]:
         total += float((finished(path) or {}).get("wall_seconds", 0.0))
     for path in runs_dir.glob("rl_*.json"):
         record = finished(path) or {}
-        if {k: v for k, v in record.get("settings", {}).items() if k != "seed"} != rl:
+        if not same_grpo(record, rl):
             continue
         total += float(record.get("grpo_seconds", 0.0))
         total += float(record.get("after", {}).get("wall_seconds", 0.0))

@@ -45,8 +45,9 @@ from psft_lightning.commands import command_parser
 from psft_lightning.errors import ConfigError
 from psft_lightning.owned import MANIFEST, recorded
 from psft_lightning.owned import record as record_owned
-from psft_lightning.study.budgets import BUDGETS, LABELS, RL_FOLLOW_UP
+from psft_lightning.study.budgets import BUDGETS, LABELS
 from psft_lightning.study.curves import ENTROPY_PNG, plot_entropy
+from psft_lightning.study.follow_up import RL_FOLLOW_UP
 from psft_lightning.study.frontier import compare
 from psft_lightning.study.frontier_page import FRONTIER_PNG, plot_frontier
 from psft_lightning.study.measure import measure
