@@ -64,6 +64,10 @@ INFO = {
     "compile_s": "seconds, first compiled step minus a compiled step (compile time)",
     "ce_mfu": "MFU of the CE step against the GEMM peak of its dtype",
 }
+# cases whose variants share a process and compare their peak memory: there memory kept by one variant
+# (psft's allocator setting, allocator.keep_freed_memory) would count as the next one's, so these cases run
+# with glibc's defaults; the rest run as ``psft`` does (TRL's case too, so the comparison is of the steps)
+SYSTEM_MALLOC_GROUPS = ("head", "vocab")
 # what --quick cannot check: it runs these cases on the tiny model, whose steps are overhead, not GEMMs
 QUICK_UNCHECKED = {
     "psft_vs_floor": "tiny model: fixed per-step overhead, not the forward, sets the ratio",
@@ -568,7 +572,12 @@ def summary(times: list[float], tokens: int, peak: int, positions: int) -> dict:
 
 
 def run_case(case: dict, args) -> list[dict]:
-    """One result per variant of ``case``."""
+    """One result per variant of ``case``, with the host allocator as ``psft`` sets it, except where
+    variants sharing the process compare peak memory (``SYSTEM_MALLOC_GROUPS``)."""
+    from psft_lightning.allocator import keep_freed_memory
+
+    if case["group"] not in SYSTEM_MALLOC_GROUPS:
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -741,6 +750,8 @@ def markdown(report: dict) -> str:
         f"- date: {report['date']}",
         f"- device: {env['device']} ({env['cpu_count']} CPU cores, {env['threads']} torch threads)",
         f"- dtype: {env['dtype']}, torch.compile: {env['compile']}, torch {env['torch']}",
+        "- host memory: freed memory kept for reuse as `psft` does (`allocator.keep_freed_memory`),",
+        f"  except in the {' and '.join(SYSTEM_MALLOC_GROUPS)} cases (glibc's defaults: memory compared)",
         f"- command: `{report['command']}`",
         "",
         "## GEMM peak",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
+from psft_lightning.allocator import keep_freed_memory
 from psft_lightning.boundary import error_boundary
 from psft_lightning.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR, Diverged
 from psft_lightning.fit import rewrite_objective_names, run_cli
@@ -122,6 +123,7 @@ def main(args: list[str] | None = None) -> None:
     if argv[0] == "--version":
         print(f"psft-lightning {version('psft-lightning')}")
         return
+    keep_freed_memory()
     with error_boundary():
         try:
             command = SUBCOMMANDS.get(argv[0])

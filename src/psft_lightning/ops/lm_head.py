@@ -9,6 +9,7 @@ kernel does not cover (bias, logit soft-capping).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,11 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from psft_lightning.ops.scratch import Scratch, scratch_for
+
 KLDirection = Literal["reverse", "forward"]
 CHUNK_ELEMENTS = 2**25  # one [chunk, vocab] fp32 buffer of about 128 MiB
 # the reference's logits (in the matmul's dtype) kept from forward up to this size, so backward need not
 # recompute them: one head matmul of the KL step saved for short batches, memory bounded for long ones
 REF_LOGITS_BYTES = 2**28
+# bf16 logits are multiplied out this many tokens at a time: on a 2-core AVX-512 EPYC a [682, 576] x
+# [576, 49152] bf16 matmul took 170 ms whole and 110 ms in blocks of 256 rows, with the same bits
+MM_ROWS = 256
 
 
 def auto_chunk_size(vocab_size: int) -> int:
@@ -68,6 +74,33 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
+def _head_matmul(hidden: Tensor, w: Tensor, out: Tensor) -> Tensor:
+    """``hidden @ w.t()`` into ``out``; in bf16 by blocks of ``MM_ROWS`` tokens (the same bits)."""
+    if w.dtype != torch.bfloat16:
+        return torch.mm(hidden, w.t(), out=out)
+    for rows in _chunks(hidden.shape[0], MM_ROWS):
+        torch.mm(hidden[rows], w.t(), out=out[rows])
+    return out
+
+
+def _logits_into(scratch: Scratch, name: str, hidden: Tensor, w: Tensor, dtype: torch.dtype) -> Tensor:
+    """One chunk's logits, upcast to >= fp32, into ``scratch[name]`` (through ``scratch["mm"]`` when it
+    upcasts)."""
+    acc_dtype = torch.promote_types(dtype, torch.float32)
+    shape = (hidden.shape[0], w.shape[0])
+    out = scratch.take(name if dtype == acc_dtype else "mm", shape, dtype, hidden.device)
+    z = _head_matmul(hidden.to(dtype), w, out)
+    return z if dtype == acc_dtype else scratch.take(name, shape, acc_dtype, hidden.device).copy_(z)
+
+
+def _logsumexp(x: Tensor, tmp: Tensor) -> Tensor:
+    """``torch.logsumexp(x, -1)`` bit for bit (ATen's own steps), with ``tmp`` as its [rows, V] temporary
+    instead of a fresh one."""
+    maxes = torch.amax(x, -1, keepdim=True)
+    maxes.masked_fill_(maxes.abs() == math.inf, 0)
+    return torch.sub(x, maxes, out=tmp).exp_().sum(-1).log_().add_(maxes.squeeze(1))
+
+
 class _ChunkedHeadStats(torch.autograd.Function):
     """Forward keeps only per-token values and the log-sum-exps (and the reference's logits up to
     ``REF_LOGITS_BYTES``); backward recomputes each chunk's logits once and turns them into the logit
@@ -76,40 +109,44 @@ class _ChunkedHeadStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, ref_hidden, ref_weight, chunk_size, forward_kl):
         dtype = compute_dtype(hidden)
-        n = hidden.shape[0]
+        n, device = hidden.shape[0], hidden.device
         acc_dtype = torch.promote_types(dtype, torch.float32)
         logprobs = hidden.new_empty(n, dtype=acc_dtype)
         entropy, lse = torch.empty_like(logprobs), torch.empty_like(logprobs)
-        correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
+        correct = torch.empty(n, dtype=torch.bool, device=device)
         with_ref = ref_hidden is not None
         ref_kl, ref_lse = torch.zeros_like(logprobs), torch.zeros_like(logprobs)
-        w = weight.to(dtype)  # cast once, not per chunk
-        ref_w = ref_weight.to(dtype) if with_ref else None
+        scratch = scratch_for(device)
+        w = scratch.cast("w", weight, dtype)  # cast once, not per chunk
+        ref_w = scratch.cast("ref_w", ref_weight, dtype) if with_ref else None
         ref_logits: list[Tensor] = []  # the reference's first chunks of logits, kept for backward
         kept_bytes = 0
-        with torch.autocast(hidden.device.type, enabled=False):
-            for sl in _chunks(n, chunk_size):
-                logp = _chunk_logits(hidden[sl], w, dtype)
-                lse[sl] = torch.logsumexp(logp, dim=-1)
+        with torch.autocast(device.type, enabled=False):
+            for i, sl in enumerate(_chunks(n, chunk_size)):
+                logp = _logits_into(scratch, "logp", hidden[sl], w, dtype)
+                p = scratch.take("p", logp.shape, acc_dtype, device)
+                lse[sl] = _logsumexp(logp, p)
                 correct[sl] = logp.argmax(-1) == targets[sl]
                 logp.sub_(lse[sl, None])
                 logprobs[sl] = logp.gather(1, targets[sl, None]).squeeze(1)
-                p = logp.exp()
-                entropy[sl] = -_rowdot(p, logp)
-                if with_ref:
-                    raw = ref_hidden[sl].to(dtype) @ ref_w.t()  # what _chunk_logits upcasts
-                    keep = kept_bytes + raw.numel() * raw.element_size() <= REF_LOGITS_BYTES
-                    # a copy when kept: ``raw`` must stay what backward would recompute
-                    logq = raw.to(acc_dtype, copy=keep)
-                    if keep:
-                        kept_bytes += raw.numel() * raw.element_size()
-                        ref_logits.append(raw)
-                    ref_lse[sl] = torch.logsumexp(logq, dim=-1)
-                    if forward_kl:  # KL(q || p) = sum q (log q - log p)
-                        logq.sub_(ref_lse[sl, None])
-                        ref_kl[sl] = _rowdot(logq.exp(), logq.sub_(logp))
-                    else:
-                        ref_kl[sl] = _rowdot(p, logq.sub_(ref_lse[sl, None]).neg_().add_(logp))
+                entropy[sl] = -_rowdot(torch.exp(logp, out=p), logp)
+                if not with_ref:
+                    continue
+                # only a prefix of the chunks is kept: backward takes kept chunk i for chunk i
+                kept_bytes += logp.numel() * dtype.itemsize
+                if len(ref_logits) == i and kept_bytes <= REF_LOGITS_BYTES:
+                    raw = _head_matmul(ref_hidden[sl].to(dtype), ref_w, torch.empty_like(logp, dtype=dtype))
+                    ref_logits.append(raw)
+                    logq = scratch.take("logq", logp.shape, acc_dtype, device).copy_(raw)
+                else:
+                    logq = _logits_into(scratch, "logq", ref_hidden[sl], ref_w, dtype)
+                q = scratch.take("q", logp.shape, acc_dtype, device)
+                ref_lse[sl] = _logsumexp(logq, q)
+                if forward_kl:  # KL(q || p) = sum q (log q - log p)
+                    logq.sub_(ref_lse[sl, None])
+                    ref_kl[sl] = _rowdot(torch.exp(logq, out=q), logq.sub_(logp))
+                else:
+                    ref_kl[sl] = _rowdot(p, logq.sub_(ref_lse[sl, None]).neg_().add_(logp))
         ctx.save_for_backward(hidden, weight, targets, ref_hidden, ref_weight, ref_kl, lse, ref_lse)
         ctx.chunk_size = chunk_size
         ctx.ref_logits = ref_logits
@@ -122,21 +159,22 @@ class _ChunkedHeadStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logprobs, _grad_entropy, _grad_correct, grad_ref_kl):
         hidden, weight, targets, ref_hidden, ref_weight, ref_kl, lse, ref_lse = ctx.saved_tensors
-        dtype = ctx.dtype
+        dtype, device = ctx.dtype, hidden.device
         acc_dtype = torch.promote_types(dtype, torch.float32)
-        grad_hidden, grad_weight, w = grad_buffers(ctx, hidden, weight)
+        scratch = scratch_for(device)
+        grad_hidden, grad_weight, w = grad_buffers(ctx, hidden, weight, scratch)
         use_kl = ctx.with_ref and grad_ref_kl is not None
         chunks = list(_chunks(hidden.shape[0], ctx.chunk_size))
         kept = ctx.ref_logits if use_kl else []
-        ref_w = ref_weight.to(dtype) if use_kl and len(kept) < len(chunks) else None
-        with torch.autocast(hidden.device.type, enabled=False):
+        ref_w = scratch.cast("ref_w", ref_weight, dtype) if use_kl and len(kept) < len(chunks) else None
+        with torch.autocast(device.type, enabled=False):
             for i, sl in enumerate(chunks):
-                logp = _chunk_logits(hidden[sl], w, dtype).sub_(lse[sl, None])
+                logp = _logits_into(scratch, "logp", hidden[sl], w, dtype).sub_(lse[sl, None])
                 if use_kl:
                     if i < len(kept):
-                        logq = kept[i].to(acc_dtype, copy=True)
+                        logq = scratch.take("logq", logp.shape, acc_dtype, device).copy_(kept[i])
                     else:
-                        logq = _chunk_logits(ref_hidden[sl], ref_w, dtype)
+                        logq = _logits_into(scratch, "logq", ref_hidden[sl], ref_w, dtype)
                     logq.sub_(ref_lse[sl, None])
                 if use_kl and ctx.forward_kl:
                     # d KL(q || p) / d z = p - q
@@ -163,17 +201,19 @@ class _ChunkedHeadStats(torch.autograd.Function):
                     grad_z.scatter_add_(1, targets[sl, None], g)
                 if grad_z is None:
                     continue
-                backprop_chunk(grad_z, sl, w, hidden, grad_hidden, grad_weight, dtype)
+                backprop_chunk(grad_z, sl, w, hidden, grad_hidden, grad_weight, dtype, scratch)
         return head_grads(ctx, grad_hidden, grad_weight, weight)
 
 
-def grad_buffers(ctx, hidden: Tensor, weight: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+def grad_buffers(
+    ctx, hidden: Tensor, weight: Tensor, scratch: Scratch
+) -> tuple[Tensor | None, Tensor, Tensor]:
     """Zeroed gradients of the hidden states (if wanted) and of the head (fp32 or wider), and the head
-    weight in the compute dtype, for a chunked backward."""
+    weight in the compute dtype (in ``scratch``), for a chunked backward."""
     acc_dtype = torch.promote_types(ctx.dtype, torch.float32)
     grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
     grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
-    return grad_hidden, grad_weight, weight.to(ctx.dtype)
+    return grad_hidden, grad_weight, scratch.cast("w", weight, ctx.dtype)
 
 
 def head_grads(ctx, grad_hidden: Tensor | None, grad_weight: Tensor, weight: Tensor) -> tuple:
@@ -189,13 +229,16 @@ def backprop_chunk(
     hidden: Tensor,
     grad_hidden: Tensor | None,
     grad_weight: Tensor,
-    dtype,
+    dtype: torch.dtype,
+    scratch: Scratch,
 ) -> None:
-    """Chain one chunk's logit gradient into ``grad_hidden[sl]`` and ``grad_weight`` (in place)."""
-    grad_z = grad_z.to(dtype)
+    """Chain one chunk's logit gradient into ``grad_hidden[sl]`` and ``grad_weight`` (in place); the
+    compute-dtype copies live in ``scratch`` (the chunk's matmul buffer is free by now)."""
+    grad_z = scratch.cast("mm", grad_z, dtype)
     if grad_hidden is not None:
         grad_hidden[sl] = (grad_z @ w).to(hidden.dtype)
-    grad_weight += (grad_z.t() @ hidden[sl].to(dtype)).to(grad_weight.dtype)
+    partial = scratch.take("grad_w", tuple(w.shape), dtype, w.device)
+    grad_weight += torch.mm(grad_z.t(), hidden[sl].to(dtype), out=partial)
 
 
 def chunked_token_stats(
@@ -234,12 +277,14 @@ def chunked_logprobs(
     """log pi(target) alone, without a graph: pi_old's and a lookahead's forward need nothing else (no
     entropy, accuracy or saved tensors). The same numbers as ``chunked_token_stats(...).logprobs``."""
     dtype = compute_dtype(hidden)
-    w = weight.to(dtype)
+    scratch = scratch_for(hidden.device)
+    w = scratch.cast("w", weight, dtype)
     logprobs = hidden.new_empty(hidden.shape[0], dtype=torch.promote_types(dtype, torch.float32))
     with torch.autocast(hidden.device.type, enabled=False):
         for sl in _chunks(hidden.shape[0], chunk_size or auto_chunk_size(weight.shape[0])):
-            z = _chunk_logits(hidden[sl], w, dtype)
-            logprobs[sl] = z.gather(1, targets[sl, None]).squeeze(1) - torch.logsumexp(z, dim=-1)
+            z = _logits_into(scratch, "logp", hidden[sl], w, dtype)
+            tmp = scratch.take("p", z.shape, z.dtype, z.device)
+            logprobs[sl] = z.gather(1, targets[sl, None]).squeeze(1) - _logsumexp(z, tmp)
     return logprobs
 
 

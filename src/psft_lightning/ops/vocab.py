@@ -19,9 +19,11 @@ from psft_lightning.ops.lm_head import (
     _chunks,
     auto_chunk_size,
     backprop_chunk,
+    compute_dtype,
     grad_buffers,
     head_grads,
 )
+from psft_lightning.ops.scratch import scratch_for
 
 # (policy logits [c, V] fp32, reference logits [c, V] fp32 or None, targets [c]) -> per-token values [c, ...]
 VocabFn = Callable[[Tensor, Tensor | None, Tensor], Tensor]
@@ -31,16 +33,10 @@ VocabFn = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 CHUNK_DIVISOR = 4
 
 
-def _compute_dtype(hidden: Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(hidden.device.type):
-        return torch.get_autocast_dtype(hidden.device.type)
-    return hidden.dtype
-
-
 class _ChunkedVocabFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, ref_hidden, ref_weight, fn, chunk_size):
-        dtype = _compute_dtype(hidden)
+        dtype = compute_dtype(hidden)
         w = weight.to(dtype)
         ref_w = ref_weight.to(dtype) if ref_hidden is not None else None
         values = []
@@ -56,7 +52,8 @@ class _ChunkedVocabFn(torch.autograd.Function):
     def backward(ctx, grad_values):
         hidden, weight, targets, ref_hidden, ref_weight = ctx.saved_tensors
         dtype = ctx.dtype
-        grad_hidden, grad_weight, w = grad_buffers(ctx, hidden, weight)
+        scratch = scratch_for(hidden.device)
+        grad_hidden, grad_weight, w = grad_buffers(ctx, hidden, weight, scratch)
         ref_w = ref_weight.to(dtype) if ref_hidden is not None else None
         with torch.autocast(hidden.device.type, enabled=False):
             for sl in _chunks(hidden.shape[0], ctx.chunk_size):
@@ -70,7 +67,7 @@ class _ChunkedVocabFn(torch.autograd.Function):
                         continue  # a detached function of the logits: no gradient
                     (grad_z,) = torch.autograd.grad(values, logits, grad_values[sl].to(values.dtype))
                 del logits, values
-                backprop_chunk(grad_z, sl, w, hidden, grad_hidden, grad_weight, dtype)
+                backprop_chunk(grad_z, sl, w, hidden, grad_hidden, grad_weight, dtype, scratch)
         return head_grads(ctx, grad_hidden, grad_weight, weight)
 
 
