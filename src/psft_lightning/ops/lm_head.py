@@ -2,9 +2,11 @@
 
 Only loss positions are passed in (the caller drops -100 positions before the head), and the
 ``[tokens, vocab]`` logits exist one chunk at a time, in fp32, in forward and again in backward
-(recomputation instead of storage; only a KL reference's logits are kept, up to a fixed size). The
-naive version is kept as the reference for tests and benchmarks, and as the fallback for heads this
-kernel does not cover (bias, logit soft-capping).
+(recomputation instead of storage; only a KL reference's logits are kept, up to a fixed size). On CPU
+the chunk buffers are reused across chunks and steps (``ops/scratch.py``): fresh 128 MiB allocations
+cost page faults that made the PSFT and KL steps slower than their floors. The full-logits version in
+``ops/full_logits.py`` is the reference for tests and benchmarks, and the fallback for heads this kernel
+does not cover (bias, logit soft-capping).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from psft_lightning.ops.scratch import Scratch, scratch_for
@@ -286,33 +287,3 @@ def chunked_logprobs(
             tmp = scratch.take("p", z.shape, z.dtype, z.device)
             logprobs[sl] = z.gather(1, targets[sl, None]).squeeze(1) - _logsumexp(z, tmp)
     return logprobs
-
-
-def _log_softmax(logits: Tensor) -> Tensor:
-    """Full log-probabilities, accumulated in fp32 at least."""
-    return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-
-
-def naive_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
-    """``naive_token_stats(...).logprobs`` alone (pi_old's forward needs nothing else)."""
-    return _log_softmax(logits).gather(1, targets[:, None]).squeeze(1)
-
-
-def naive_token_stats(
-    logits: Tensor, targets: Tensor, ref_logits: Tensor | None = None, kl_direction: KLDirection = "reverse"
-) -> TokenStats:
-    """The same stats from full ``[N, V]`` logits (reference implementation, and fallback path)."""
-    check_direction(kl_direction)
-    logp = _log_softmax(logits)
-    logprobs = logp.gather(1, targets[:, None]).squeeze(1)
-    with torch.no_grad():
-        entropy = -(logp.exp() * logp).sum(-1)
-        correct = logits.argmax(-1) == targets
-    ref_kl = None
-    if ref_logits is not None:
-        logq = _log_softmax(ref_logits.detach())
-        if kl_direction == "forward":
-            ref_kl = (logq.exp() * (logq - logp)).sum(-1)
-        else:
-            ref_kl = (logp.exp() * (logp - logq)).sum(-1)
-    return TokenStats(logprobs, entropy, correct, ref_kl)
