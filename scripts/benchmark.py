@@ -12,7 +12,8 @@ Cases (each in a fresh subprocess, so each peak memory is its own):
              (``Needs(vocab_fn=...)``, evaluated by ``ops.chunked_vocab_values``) on the 152k vocabulary;
 - compile:   our CE with ``torch.compile``d decoder layers, against ``alone`` (the same step eager);
 - trl:       TRL's SFTTrainer on the same model, data, batch, length and precision as our CE (``alone``),
-             both with activation checkpointing and both without;
+             both with activation checkpointing and both without, a process each in ``--rounds``
+             alternating rounds (their tokens/s ratio: median over rounds and range);
 - data:      (``--data-case TOKENS``, run alone) tokenisation: today's loop vs the Arrow cache.
 
 It writes one JSON (ratios and pass/fail per target) and a Markdown report. Timing is wall-clock
@@ -155,14 +156,15 @@ def plan(args) -> list[dict]:
         case("packing", objective, ours("ce", "padded"), ours("ce", "packed")),
         case("vocab", head, ours("kl")),
         case("vocab", head, ours("kl", "vocab")),
-        case("alone", objective, ours("ce"), checkpointing=False),
     ]
+    if args.no_trl:
+        cases.append(case("alone", objective, ours("ce"), checkpointing=False))
+    for checkpointing in () if args.no_trl else (False, True):
+        for round_ in range(args.rounds):  # processes alternate, so a change in load hits both alike
+            cases.append(case("alone", objective, ours("ce"), checkpointing=checkpointing, round=round_))
+            cases.append(case("trl", objective, ours("ce", "trl"), checkpointing=checkpointing, round=round_))
     if not (args.quick or args.smallest):
         cases.append(case("compile", objective, ours("ce", "compiled"), compile=True))
-    if not args.no_trl:
-        cases.append(case("trl", objective, ours("ce", "trl"), checkpointing=False))
-        cases.append(case("alone", objective, ours("ce"), checkpointing=True))
-        cases.append(case("trl", objective, ours("ce", "trl"), checkpointing=True))
     return [c for c in cases if not args.only or c["group"] in args.only.split(",")]
 
 
@@ -656,8 +658,6 @@ def ratios(results: list[dict], args) -> tuple[dict[str, float], dict[str, float
         out["bf16_mfu"] = bf16["mfu"]
     if ce and "mfu" in ce:
         info["ce_mfu"] = ce["mfu"]
-    for key, values in per_round(results, args).items():  # the floor ratios: their median over rounds
-        (out if key in TARGETS else info)[key] = median(values)
     builtin = find(results, group="vocab", variant="ours")
     vocab = find(results, group="vocab", variant="vocab")
     if builtin and vocab:
@@ -677,15 +677,26 @@ def ratios(results: list[dict], args) -> tuple[dict[str, float], dict[str, float
             setting = f"[checkpointing {'on' if checkpointing else 'off'}]"
             out[f"ours_vs_trl_speed{setting}"] = mine["tokens_per_s"] / trl["tokens_per_s"]
             out[f"ours_vs_trl_memory{setting}"] = mine["peak_mem_mb"] / trl["peak_mem_mb"]
+    for key, values in per_round(results, args).items():  # a repeated ratio: its median over rounds
+        (out if key.split("[")[0] in TARGETS else info)[key] = median(values)
     return out, info
 
 
 def per_round(results: list[dict], args) -> dict[str, list[float]]:
-    """The floor ratios computed within each round, from the variants' median steps of that round, so
-    that their range is the spread of the ratio itself (not of the step times it is made of)."""
+    """The repeated ratios computed within each round, from the variants' median steps of that round,
+    so that their range is the spread of the ratio itself (not of the step times it is made of): the
+    floor ratios, and ours vs TRL's tokens/s (a process each per round)."""
+    out: dict[str, list[float]] = {}
+    for checkpointing in (False, True):
+        trl = find(results, group="trl", checkpointing=checkpointing)
+        mine = find(results, group="alone", checkpointing=checkpointing)
+        if trl and mine and "round_s" in trl and "round_s" in mine:
+            rounds = zip(mine["round_s"], trl["round_s"], strict=True)
+            setting = f"[checkpointing {'on' if checkpointing else 'off'}]"
+            speed = [mine["tokens"] / m / (trl["tokens"] / t) for m, t in rounds]
+            out[f"ours_vs_trl_speed{setting}"] = speed
     at = {"group": "objective", "dtype": args.dtype}
     ce = find(results, variant="ours", objective="ce", **at)
-    out: dict[str, list[float]] = {}
     if ce is None or "round_s" not in ce:
         return out
     for name in ("psft", "kl"):
@@ -700,6 +711,34 @@ def per_round(results: list[dict], args) -> dict[str, list[float]]:
     if args.dtype == "bf16" and psft and "mfu" in psft:  # MFU scales as 1 / step time
         out["bf16_mfu"] = [psft["mfu"] * psft["step_s"] / s for s in psft["round_s"]]
     return out
+
+
+def merge_rounds(results: list[dict]) -> list[dict]:
+    """One result per case from a case run once per round (``round`` in its settings): every step
+    time, each round's median step (``round_s``), the median of those as its step time, and the
+    highest peak memory and first step of any round."""
+    merged: list[dict] = []
+    for r in results:
+        if "round" not in r["case"]:
+            merged.append(r)
+            continue
+        case = {k: v for k, v in r["case"].items() if k != "round"}
+        res = r["result"]
+        same = next((m for m in merged if m["case"] == case), None)
+        if same is None:
+            merged.append(same := {**r, "case": case, "result": {**res, "round_s": [], "step_times_s": []}})
+        kept = same["result"]
+        if "error" in res or "error" in kept:
+            kept.setdefault("error", res.get("error"))
+            continue
+        kept["round_s"].append(res["step_s"])
+        kept["step_times_s"] += res["step_times_s"]
+        kept["step_s"] = median(kept["round_s"])
+        kept["tokens_per_s"] = kept["tokens"] / kept["step_s"]
+        kept["peak_mem_mb"] = max(kept["peak_mem_mb"], res["peak_mem_mb"])
+        if "first_step_s" in res:
+            kept["first_step_s"] = max(kept["first_step_s"], res["first_step_s"])
+    return merged
 
 
 def spreads(results: list[dict], args) -> dict[str, dict]:
@@ -847,7 +886,10 @@ def parse(argv: list[str] | None = None):
     p.add_argument("--steps", type=int, default=None, help="measured steps per variant (CPU 3, CUDA 10)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (CPU 1, CUDA 3)")
     p.add_argument(
-        "--rounds", type=int, default=3, help="rounds of --steps steps for the floor cases (median, range)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds for the floor cases and the TRL comparison (median, range)",
     )
     p.add_argument("--big-batch", type=int, default=1)
     p.add_argument("--big-seq", type=int, default=2048)
@@ -922,6 +964,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 + (f", {result['flops_per_s'] / 1e9:.0f} GFLOP/s" if "flops_per_s" in result else "")
             )
             print(f"        +{time.perf_counter() - started:5.0f}s {flat}: {shown}", flush=True)
+    results = merge_rounds(results)
     add_mfu(results, gemm_peaks(results, args.peak_flops))
     values, info = ratios(results, args)
     targets, unchecked = verdicts(values, args.quick or args.smallest)

@@ -92,3 +92,37 @@ def test_data_case_measures_both_paths_on_the_same_tokens(tmp_path):
     assert report["build"]["cache_entries_built"] == 1 and report["cached"]["cache_entries_built"] == 0
     assert set(report["goals"]) == {"first_run_speedup", "cached_start_s", "bytes_per_token"}
     assert all(isinstance(goal["met"], bool) for goal in report["goals"].values())
+
+
+def test_trl_comparison_alternates_processes_and_reports_the_median_of_per_round_ratios():
+    bench = load_benchmark()
+    args = bench.parse(["--dtype", "bf16", "--only", "alone,trl", "--rounds", "3"])
+    order = [(c["group"], c["checkpointing"], c["round"]) for c in bench.plan(args)]
+    assert order == [
+        (group, checkpointing, round_)
+        for checkpointing in (False, True)
+        for round_ in range(3)
+        for group in ("alone", "trl")
+    ]
+
+    def run(group: str, round_: int, step_s: float, peak: float, error: str | None = None) -> dict:
+        case = {"group": group, "size": "s", "checkpointing": True, "round": round_, "variant": "v"}
+        result = {"error": error} if error else {"step_s": step_s, "step_times_s": [step_s], "tokens": 600}
+        return {"case": case, "result": result if error else {**result, "peak_mem_mb": peak}}
+
+    # rounds: ours 4, 6, 5 s; TRL 5, 6, 8 s -> per-round speed ratios 5/4, 6/6, 8/5 -> median 1.25
+    ours = [run("alone", i, s, p) for i, (s, p) in enumerate([(4.0, 100), (6.0, 120), (5.0, 110)])]
+    trl = [run("trl", i, s, 200) for i, s in enumerate([5.0, 6.0, 8.0])]
+    merged = bench.merge_rounds([x for pair in zip(ours, trl, strict=True) for x in pair])
+    assert [m["case"]["group"] for m in merged] == ["alone", "trl"] and "round" not in merged[0]["case"]
+    mine = merged[0]["result"]
+    assert mine["round_s"] == [4.0, 6.0, 5.0] and mine["step_times_s"] == [4.0, 6.0, 5.0]
+    assert mine["step_s"] == 5.0 and mine["tokens_per_s"] == 120.0 and mine["peak_mem_mb"] == 120
+    ratios = bench.per_round(merged, args)
+    assert ratios == {"ours_vs_trl_speed[checkpointing on]": [1.25, 1.0, 1.6]}
+    values, _ = bench.ratios(merged, args)
+    assert values["ours_vs_trl_speed[checkpointing on]"] == 1.25
+    assert values["ours_vs_trl_memory[checkpointing on]"] == 120 / 200
+    # a round that failed fails the case: no ratio from the rounds that happened to run
+    failed = bench.merge_rounds([*ours, run("trl", 0, 0, 0, error="killed"), *trl[1:]])
+    assert failed[1]["result"]["error"] == "killed" and bench.per_round(failed, args) == {}
